@@ -1,0 +1,50 @@
+"""Helpers every asset module uses: user errors as clean failures, metadata for the UI."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from food_assets.ml.errors import FoodAssetsError
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A `FoodAssetsError` becomes a `dagster.Failure` with its message: no traceback for a
+    user mistake in the UI or the CLI, and no retry of something that cannot succeed."""
+    try:
+        yield
+    except FoodAssetsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def md_table(frame: pd.DataFrame, *, max_rows: int = 50, floatfmt: str = ".4g") -> dg.MetadataValue:
+    """A DataFrame as a Markdown table (the first `max_rows` rows)."""
+    shown = frame.head(max_rows)
+    text = shown.to_markdown(index=False, floatfmt=floatfmt)
+    if len(frame) > max_rows:
+        text += f"\n\n… {len(frame) - max_rows} more rows"
+    return dg.MetadataValue.md(text)
+
+
+def md_image(path: str | Path, *, alt: str = "figure") -> dg.MetadataValue:
+    """A PNG inline in the asset's metadata (the UI renders Markdown images from data URIs)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def plain(value: Any) -> Any:
+    """Make a value safe for Dagster metadata (numpy scalars, paths, None)."""
+    if value is None:
+        return dg.MetadataValue.text("n/a")
+    if isinstance(value, Path):
+        return dg.MetadataValue.path(str(value))
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return value.item()
+    return value

@@ -1,0 +1,231 @@
+"""`food_images_raw` (scan, verify, quarantine) and `food_splits` (stratified, seeded splits),
+with the data-integrity checks."""
+
+# No `from __future__ import annotations` in asset modules: Dagster reads the real annotation
+# objects to infer config and resource types.
+
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from food_assets.assets._common import md_table, user_errors
+from food_assets.ml import artifacts
+from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
+from food_assets.ml.data.sample import SampleSpec
+from food_assets.ml.data.scan import scan_images
+from food_assets.ml.data.sources import list_food101, list_imagefolder, list_sample
+from food_assets.ml.data.splits import SPLITS, SplitManifest, make_splits
+from food_assets.ml.errors import DataSourceError
+from food_assets.resources import ArtifactStore, QualityGates
+
+
+class DataSourceConfig(dg.Config):
+    """Which images to use. The default, `sample`, needs no network and no files."""
+
+    source: Literal["sample", "imagefolder", "food101"] = Field(
+        default="sample", description="sample (embedded synthetic set) | imagefolder | food101"
+    )
+    root: str | None = Field(
+        default=None,
+        description="imagefolder: root/<class>/<image>; food101: folder holding food-101/ "
+        "(default <data_dir>/sources/food101); sample: where to generate it",
+    )
+    download: bool = Field(default=False, description="food101 only: download when missing")
+    sample_seed: int = 0
+    sample_num_classes: int = Field(default=10, ge=2, le=10)
+    sample_images_per_class: int = Field(default=40, ge=4)
+    sample_image_size: int = Field(default=128, ge=32, le=1024)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, description="larger images: quarantined")
+    scan_workers: int | None = Field(default=None, description="decoding threads (default: CPUs)")
+
+
+@dataclass(frozen=True)
+class RawImages:
+    """`food_images_raw`'s value: the manifest of good images and the quarantine list."""
+
+    source: str
+    root: Path
+    manifest_path: Path
+    quarantine_path: Path
+    num_images: int
+    num_quarantined: int
+
+    @property
+    def quarantined_share(self) -> float:
+        total = self.num_images + self.num_quarantined
+        return self.num_quarantined / total if total else 0.0
+
+    def manifest(self) -> pd.DataFrame:
+        return pd.read_parquet(self.manifest_path)
+
+
+@dg.asset(group_name="data", kinds={"python", "parquet"})
+def food_images_raw(
+    context: dg.AssetExecutionContext, config: DataSourceConfig, artifact_store: ArtifactStore
+) -> dg.MaterializeResult:
+    """Every image of the chosen source, fully decoded; unreadable files are quarantined with
+    their reason and never reach training."""
+    with user_errors():
+        if config.source == "sample":
+            spec = SampleSpec(
+                seed=config.sample_seed,
+                num_classes=config.sample_num_classes,
+                images_per_class=config.sample_images_per_class,
+                image_size=config.sample_image_size,
+            )
+            root = Path(config.root) if config.root else artifact_store.sources_dir() / "sample"
+            listing = list_sample(root, spec)
+        elif config.source == "imagefolder":
+            if not config.root:
+                raise DataSourceError("source imagefolder needs `root`: a root/<class>/<image> tree")
+            listing = list_imagefolder(config.root)
+        else:
+            root = Path(config.root) if config.root else artifact_store.sources_dir() / "food101"
+            listing = list_food101(root, download=config.download)
+
+        context.log.info(f"scanning {len(listing.files)} files under {listing.root}")
+        result = scan_images(
+            listing.files,
+            max_pixels=config.max_pixels,
+            workers=config.scan_workers,
+            progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
+        )
+        if result.manifest.empty:
+            raise DataSourceError(
+                f"none of the {len(listing.files)} files under {listing.root} is a usable image; "
+                "see the quarantine list in the logs"
+            )
+        out = artifact_store.asset_dir("food_images_raw")
+        manifest_path = artifacts.write_parquet(out / "manifest.parquet", result.manifest)
+        quarantine_path = artifacts.write_parquet(out / "quarantine.parquet", result.quarantine)
+
+    for row in result.quarantine.itertuples():
+        context.log.warning(f"quarantined {row.path}: {row.reason}")
+    per_class = result.manifest.groupby("label").size().rename("images").reset_index()
+    value = RawImages(
+        source=config.source,
+        root=listing.root,
+        manifest_path=manifest_path,
+        quarantine_path=quarantine_path,
+        num_images=len(result.manifest),
+        num_quarantined=len(result.quarantine),
+    )
+    return dg.MaterializeResult(
+        value=value,
+        metadata={
+            "source": config.source,
+            "root": dg.MetadataValue.path(str(listing.root)),
+            "num_images": len(result.manifest),
+            "num_classes": int(result.manifest["label"].nunique()),
+            "num_quarantined": len(result.quarantine),
+            "quarantined_share": round(result.quarantined_share, 4),
+            "hidden_files_skipped": len(listing.skipped_hidden),
+            "quarantine": md_table(result.quarantine, max_rows=100),
+            "images_per_class": md_table(per_class, max_rows=101),
+            "modes": md_table(result.manifest.groupby("mode").size().rename("images").reset_index()),
+            "manifest": dg.MetadataValue.path(str(manifest_path)),
+        },
+    )
+
+
+class SplitConfig(dg.Config):
+    """How to split: fractions of each class, and the seed."""
+
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(
+        default=0.15, gt=0, lt=1, description="ignored when the source has an official test split"
+    )
+    seed: int = 0
+
+
+@dg.asset(group_name="data", kinds={"python", "parquet"})
+def food_splits(
+    context: dg.AssetExecutionContext,
+    config: SplitConfig,
+    food_images_raw: RawImages,
+    artifact_store: ArtifactStore,
+) -> dg.MaterializeResult:
+    """Stratified train/val/test splits, seeded and independent of file listing order; the
+    official Food-101 test split is kept as is. Written as Parquet with the class map."""
+    with user_errors():
+        frame, class_names, dropped = make_splits(
+            food_images_raw.manifest(),
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+        )
+        out = artifact_store.asset_dir("food_splits")
+        path = artifacts.write_parquet(out / "splits.parquet", frame)
+        artifacts.write_json(out / "class_map.json", {i: c for i, c in enumerate(class_names)})
+    counts = frame.pivot_table(index="label", columns="split", values="path", aggfunc="count")
+    counts = counts.reindex(columns=list(SPLITS)).fillna(0).astype(int).reset_index()
+    if dropped:
+        context.log.warning(f"dropped {dropped} train images identical to a test image")
+    return dg.MaterializeResult(
+        value=SplitManifest(path=path, class_names=class_names, source=food_images_raw.source),
+        metadata={
+            "num_classes": len(class_names),
+            **{f"num_{s}": int((frame["split"] == s).sum()) for s in SPLITS},
+            "dropped_train_duplicates_of_test": dropped,
+            "seed": config.seed,
+            "per_class": md_table(counts, max_rows=101),
+            "splits": dg.MetadataValue.path(str(path)),
+        },
+    )
+
+
+@dg.asset_check(asset=food_images_raw, blocking=True, description="quarantined share under limit")
+def quarantine_share_under_limit(
+    food_images_raw: RawImages, quality: QualityGates
+) -> dg.AssetCheckResult:
+    share = food_images_raw.quarantined_share
+    limit = quality.max_quarantine_share
+    return dg.AssetCheckResult(
+        passed=share <= limit,
+        description=f"{share:.2%} of files quarantined (limit {limit:.2%})",
+        metadata={"quarantined_share": share, "limit": limit},
+    )
+
+
+@dg.asset_check(asset=food_splits, blocking=True, description="every class in every split")
+def every_class_in_every_split(food_splits: SplitManifest) -> dg.AssetCheckResult:
+    frame = food_splits.frame()
+    missing = [
+        f"{c} (no {s})"
+        for s in SPLITS
+        for c in sorted(set(food_splits.class_names) - set(frame.loc[frame.split == s, "label"]))
+    ]
+    return dg.AssetCheckResult(
+        passed=not missing,
+        description="all classes present" if not missing else "missing: " + ", ".join(missing[:20]),
+        metadata={"missing": len(missing)},
+    )
+
+
+@dg.asset_check(asset=food_splits, blocking=True, description="no image in two splits")
+def no_image_in_two_splits(food_splits: SplitManifest) -> dg.AssetCheckResult:
+    frame = food_splits.frame()
+    dup = frame.groupby("path")["split"].nunique()
+    bad = dup[dup > 1].index.tolist()
+    return dg.AssetCheckResult(
+        passed=not bad,
+        description=f"{len(bad)} image(s) in more than one split",
+        metadata={"images_in_two_splits": len(bad), "examples": ", ".join(bad[:5]) or "none"},
+    )
+
+
+@dg.asset_check(asset=food_splits, blocking=True, description="no identical content in train and test")
+def no_content_leak_train_test(food_splits: SplitManifest) -> dg.AssetCheckResult:
+    frame = food_splits.frame()
+    train = set(frame.loc[frame.split.isin(["train", "val"]), "sha256"])
+    leaked = frame[(frame.split == "test") & frame.sha256.isin(train)]
+    return dg.AssetCheckResult(
+        passed=leaked.empty,
+        description=f"{len(leaked)} test image(s) identical to a train/val image",
+        metadata={"leaked": len(leaked), "examples": ", ".join(leaked.path.head(5)) or "none"},
+    )

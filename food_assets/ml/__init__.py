@@ -1,0 +1,1 @@
+"""Plain PyTorch / Lightning code. Nothing under `food_assets.ml` imports Dagster."""

@@ -1,0 +1,1 @@
+"""Data sources, scanning, splits, decoding and transforms."""

@@ -1,0 +1,39 @@
+"""Jobs and the scheduled re-evaluation."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+#: Every trained model (and the data it needs).
+train_all_job = dg.define_asset_job(
+    "train_all",
+    selection=dg.AssetSelection.groups("models").upstream(),
+    description="Materialize the data assets and every model_* asset.",
+)
+
+#: Re-run evaluation (and its checks) on the latest checkpoints; a failing check fails the run.
+reevaluate_job = dg.define_asset_job(
+    "reevaluate",
+    selection=dg.AssetSelection.groups("evaluation"),
+    description="Re-evaluate the latest checkpoints and rebuild the comparison; checks included.",
+)
+
+#: Nightly at 03:00 UTC; stopped by default, switch it on in the UI (Automation -> Schedules).
+REEVALUATE_CRON = "0 3 * * *"
+
+
+def jobs() -> list:
+    return [train_all_job, reevaluate_job]
+
+
+def schedules() -> list[dg.ScheduleDefinition]:
+    return [
+        dg.ScheduleDefinition(
+            name="nightly_reevaluation",
+            job=reevaluate_job,
+            cron_schedule=REEVALUATE_CRON,
+            execution_timezone="UTC",
+            default_status=dg.DefaultScheduleStatus.STOPPED,
+            description="Re-evaluate every model on its latest checkpoint with the asset checks.",
+        )
+    ]
