@@ -194,3 +194,27 @@ def test_list_sample_attaches_boxes(tmp_path):
     listing = list_sample(tmp_path, SampleSpec(num_classes=2, images_per_class=3, image_size=64))
     assert len(listing.files) == 6
     assert listing.files[["box_x0", "box_y0", "box_x1", "box_y1"]].notna().all().all()
+
+
+@pytest.mark.parametrize("name", ["rotated.jpg", "cmyk.jpg", "grey.jpg", "palette.png", "sixteen.png"])
+def test_fast_decode_path_agrees_with_pil_path(tmp_path, name):
+    write_bad_files(tmp_path)
+    pre = Preprocess(input_size=24, crop_pct=1.0)
+    pipeline = ImagePipeline(pre)
+    fast = pipeline(tmp_path / "odd" / name)
+    reference = pipeline.transform(open_image(tmp_path / "odd" / name))
+    assert fast.shape == reference.shape == (3, 24, 24)
+    assert float((fast - reference).abs().max()) < 0.1
+
+
+def test_rotated_jpeg_is_upright_in_the_fast_path(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (60, 30), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 30, 30))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display: white ends up on top
+    img.save(tmp_path / "r.jpg", format="JPEG", exif=exif, quality=95)
+    pre = Preprocess(input_size=30, crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    x = ImagePipeline(pre)(tmp_path / "r.jpg")
+    assert x[:, :10].mean() > 0.9 and x[:, -10:].mean() < 0.1

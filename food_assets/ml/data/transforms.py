@@ -61,29 +61,49 @@ def _interp(name: str):
         raise ValueError(f"unknown interpolation {name!r}; use bilinear, bicubic or nearest") from exc
 
 
-def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> normalised CHW float tensor.
+def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Any], torch.Tensor]:
+    """PIL image or uint8 CHW tensor -> normalised CHW float tensor.
 
     Train: random resized crop (scale 0.35-1) and horizontal flip. Eval: resize the shorter side
-    to `input_size / crop_pct`, then centre crop, as timm and torchvision evaluate.
+    to `input_size / crop_pct`, then centre crop, as timm and torchvision evaluate. Built on
+    `torchvision.transforms.v2`, which runs the same ops on PIL images and on tensors.
     """
-    from torchvision import transforms as T
+    from torchvision.transforms import v2 as T
 
     interp = _interp(pre.interpolation)
-    tail = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    tail = [
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(pre.mean), list(pre.std)),
+    ]
     if train:
         head = [
-            T.RandomResizedCrop(pre.input_size, scale=(0.35, 1.0), interpolation=interp),
+            T.RandomResizedCrop(pre.input_size, scale=(0.35, 1.0), interpolation=interp,
+                                antialias=True),
             T.RandomHorizontalFlip(),
         ]
     else:
-        head = [T.Resize(pre.resize_size, interpolation=interp), T.CenterCrop(pre.input_size)]
+        head = [
+            T.Resize(pre.resize_size, interpolation=interp, antialias=True),
+            T.CenterCrop(pre.input_size),
+        ]
     return T.Compose(head + tail)
+
+
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 @dataclass
 class ImagePipeline:
-    """Path -> model-ready tensor: the fast decode (JPEG draft) plus the model's transform."""
+    """Path -> model-ready tensor, by the fastest decode that fits the file.
+
+    - A JPEG much larger than needed: PIL with `draft` (libjpeg decodes at 1/2, 1/4 or 1/8 scale).
+    - Any other JPEG: torchvision's libjpeg-turbo decoder straight to a uint8 tensor, so the
+      resize runs on the tensor (faster than PIL's on these 2-core machines; see
+      `benchmarks/data_loading.py`).
+    - Everything else, or a JPEG torchvision refuses: `open_image` (PIL), which also turns a
+      broken file into a clear `ImageDecodeError`.
+    """
 
     preprocess: Preprocess
     train: bool = False
@@ -95,8 +115,23 @@ class ImagePipeline:
     def load(self, path: str | Path) -> Image.Image:
         return open_image(path, draft_size=self.draft_size)
 
+    def _decode(self, path: str | Path) -> Any:
+        if str(path).lower().endswith(_JPEG_SUFFIXES):
+            try:
+                with Image.open(path) as img:
+                    small_enough = min(img.size) < 2 * self.draft_size
+                if small_enough:
+                    from torchvision.io import ImageReadMode, decode_image, read_file
+
+                    return decode_image(
+                        read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True
+                    )
+            except Exception:  # anything odd: the PIL path decides, with a clear error
+                pass
+        return self.load(path)
+
     def __call__(self, path: str | Path) -> torch.Tensor:
-        return self.transform(self.load(path))
+        return self.transform(self._decode(path))
 
     def from_image(self, image: Image.Image) -> torch.Tensor:
         from food_assets.ml.data.images import to_rgb

@@ -1,0 +1,29 @@
+# The two commands of the README.
+#   make run   set up .venv, then materialize the whole asset graph on the embedded sample (offline)
+#   make test  set up .venv, then run the test suite
+export DAGSTER_HOME := $(CURDIR)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run test ui lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	.venv/bin/dagster asset materialize -m food_assets.definitions --select '*'
+
+test: setup
+	.venv/bin/python -m pytest
+
+ui: setup
+	.venv/bin/dagster dev -w workspace.yaml
+
+lint:
+	.venv/bin/ruff check food_assets food_assets_tests benchmarks
+	.venv/bin/ruff format --check food_assets food_assets_tests benchmarks
+
+bench:
+	.venv/bin/python benchmarks/data_loading.py
+	.venv/bin/python benchmarks/training_throughput.py
+	.venv/bin/python benchmarks/inference_latency.py
+	.venv/bin/python benchmarks/clip_throughput.py
