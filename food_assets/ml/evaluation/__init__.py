@@ -1,0 +1,23 @@
+"""Evaluation: predictions, pure metrics, temperature scaling, figures, reports, comparison.
+
+No Dagster here. The `evaluation_<name>` assets call `predict_logits` then `evaluate_model`;
+`model_comparison` calls `compare_models` then `save_comparison`.
+"""
+
+from food_assets.ml.evaluation.calibration import apply_temperature, fit_temperature
+from food_assets.ml.evaluation.compare import ComparisonResult, compare_models, save_comparison
+from food_assets.ml.evaluation.predict import Predictions, predict_logits
+from food_assets.ml.evaluation.report import EvaluationResult, check_class_maps, evaluate_model
+
+__all__ = [
+    "ComparisonResult",
+    "EvaluationResult",
+    "Predictions",
+    "apply_temperature",
+    "check_class_maps",
+    "compare_models",
+    "evaluate_model",
+    "fit_temperature",
+    "predict_logits",
+    "save_comparison",
+]

@@ -1,0 +1,197 @@
+"""One table (and one plot) comparing every evaluated model: accuracy, calibration, cost."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from food_assets.ml.artifacts import write_figure, write_text
+from food_assets.ml.errors import ConfigError
+from food_assets.ml.evaluation import plots
+
+#: Known columns, in table order. Any other key a row carries becomes an extra column after them.
+COLUMNS = (
+    "model",
+    "acc_top1",
+    "acc_top1_ci_low",
+    "acc_top1_ci_high",
+    "macro_f1",
+    "ece",
+    "params",
+    "gmacs",
+    "train_seconds",
+    "latency_ms",
+)
+_ALIASES = {"name": "model", "cpu_latency_ms": "latency_ms", "latency_cpu_ms": "latency_ms"}
+_HEADERS = {
+    "model": "model",
+    "acc_top1": "top-1 acc (95 % CI)",
+    "macro_f1": "macro-F1",
+    "ece": "ECE",
+    "params": "params (M)",
+    "gmacs": "GMACs",
+    "train_seconds": "train (s)",
+    "latency_ms": "CPU latency (ms)",
+}
+_MISSING = "-"
+
+
+@dataclass
+class ComparisonResult:
+    """The comparison table, best model first.
+
+    Attributes:
+        table: one row per model, columns `COLUMNS` then any extra keys; missing values NaN.
+        markdown: the human-readable table (accuracy as "81.2 % [80.7, 81.7]").
+        x_axis: the cost column the plot uses: `latency_ms` unless more models (with an
+            accuracy) report `params` than latency; None if no model reports either.
+    """
+
+    table: pd.DataFrame
+    markdown: str
+    x_axis: str | None
+
+
+def _canonical(key: str) -> str:
+    # Accept evaluation summary keys as they are ("test/acc_top1" -> "acc_top1").
+    key = key.split("/", 1)[1] if key.startswith("test/") else key
+    return _ALIASES.get(key, key)
+
+
+def compare_models(rows: Sequence[Mapping[str, Any]]) -> ComparisonResult:
+    """Build the model comparison table.
+
+    Args:
+        rows: one mapping per model with `model` (or `name`) and any of `acc_top1`,
+            `acc_top1_ci_low`, `acc_top1_ci_high`, `macro_f1`, `ece`, `params`, `gmacs`,
+            `train_seconds`, `latency_ms`; a value may be missing or None. Keys prefixed
+            `test/` (as in metrics.json) are accepted; other keys become extra columns.
+
+    Returns:
+        `ComparisonResult`, sorted by top-1 accuracy (highest first, missing last, ties by name).
+
+    Raises:
+        ConfigError: no rows, a row without a model name, a duplicate name, or a value that
+            is not a number.
+    """
+    if not rows:
+        raise ConfigError("compare_models needs at least one evaluated model; got none")
+    records: list[dict[str, Any]] = []
+    extra: list[str] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        rec = {_canonical(str(k)): v for k, v in row.items()}
+        name = rec.get("model")
+        if not name:
+            raise ConfigError(f"comparison row {i} has no 'model' name: {dict(row)!r}")
+        name = str(name)
+        if name in seen:
+            raise ConfigError(f"model {name!r} appears twice in the comparison; pass one row each")
+        seen.add(name)
+        rec["model"] = name
+        for key, value in rec.items():
+            if key == "model":
+                continue
+            rec[key] = _number(name, key, value)
+            if key not in COLUMNS and key not in extra:
+                extra.append(key)
+        records.append(rec)
+    table = pd.DataFrame.from_records(records, columns=[*COLUMNS, *extra])
+    numeric = [c for c in table.columns if c != "model"]
+    table[numeric] = table[numeric].astype(np.float64)
+    table = table.sort_values(
+        ["acc_top1", "model"], ascending=[False, True], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
+    # Latency is the cost users feel; fall back to size when more models report a size.
+    scored = table[table["acc_top1"].notna()]
+    n_latency = int(scored["latency_ms"].notna().sum())
+    n_params = int(scored["params"].notna().sum())
+    x_axis: str | None
+    if n_latency and n_latency >= n_params:
+        x_axis = "latency_ms"
+    elif n_params:
+        x_axis = "params"
+    else:
+        x_axis = None
+    return ComparisonResult(table=table, markdown=_markdown(table, extra), x_axis=x_axis)
+
+
+def _number(model: str, key: str, value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"model {model!r}: {key} must be a number or None, got {value!r}"
+        ) from exc
+
+
+def _fmt(value: float, spec: str) -> str:
+    return _MISSING if pd.isna(value) else format(value, spec)
+
+
+def _accuracy_cell(acc: float, lo: float, hi: float) -> str:
+    if pd.isna(acc):
+        return _MISSING
+    cell = f"{100 * acc:.1f} %"
+    if not (pd.isna(lo) or pd.isna(hi)):
+        cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return cell
+
+
+def _markdown(table: pd.DataFrame, extra: list[str]) -> str:
+    shown = pd.DataFrame(
+        {
+            _HEADERS["model"]: table["model"],
+            _HEADERS["acc_top1"]: [
+                _accuracy_cell(a, lo, hi)
+                for a, lo, hi in zip(
+                    table["acc_top1"],
+                    table["acc_top1_ci_low"],
+                    table["acc_top1_ci_high"],
+                    strict=True,
+                )
+            ],
+            _HEADERS["macro_f1"]: [_fmt(v, ".3f") for v in table["macro_f1"]],
+            _HEADERS["ece"]: [_fmt(v, ".3f") for v in table["ece"]],
+            _HEADERS["params"]: [_fmt(v / 1e6, ".2f") for v in table["params"]],
+            _HEADERS["gmacs"]: [_fmt(v, ".2f") for v in table["gmacs"]],
+            _HEADERS["train_seconds"]: [_fmt(v, ".0f") for v in table["train_seconds"]],
+            _HEADERS["latency_ms"]: [_fmt(v, ".1f") for v in table["latency_ms"]],
+        }
+    )
+    for key in extra:
+        shown[key] = [_fmt(v, ".4g") for v in table[key]]
+    # tabulate would right-align "-" oddly in numeric-looking columns; everything is text here.
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def save_comparison(result: ComparisonResult, out_dir: Path) -> dict[str, Path]:
+    """Write `comparison.md`, `comparison.csv` and the accuracy-vs-cost plot into `out_dir`.
+
+    The plot is `accuracy_vs_latency.png`, or `accuracy_vs_size.png` (parameters) when
+    `result.x_axis` is `params`.
+
+    Returns:
+        `markdown`, `csv`, `plot` -> path.
+    """
+    out_dir = Path(out_dir)
+    paths = {
+        "markdown": write_text(out_dir / "comparison.md", result.markdown),
+        "csv": write_text(out_dir / "comparison.csv", result.table.to_csv(index=False)),
+    }
+    if result.x_axis == "params":
+        table = result.table.assign(params_m=result.table["params"] / 1e6)
+        fig = plots.comparison_figure(table, "params_m", "parameters (millions)")
+        paths["plot"] = write_figure(out_dir / "accuracy_vs_size.png", fig)
+    else:
+        fig = plots.comparison_figure(result.table, "latency_ms", "CPU latency (ms)")
+        paths["plot"] = write_figure(out_dir / "accuracy_vs_latency.png", fig)
+    return paths
