@@ -1,0 +1,235 @@
+"""Predict food classes from image files with an ONNX export or a trained-model bundle.
+
+Both predictors read everything they need from the artifact itself (class names, preprocessing,
+temperature), so `food-assets predict` and the demo need no registry lookups or config. A file
+that does not decode is reported with a reason and skipped; it never stops the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from food_assets.ml.data.images import IMAGE_EXTENSIONS, ImageDecodeError
+from food_assets.ml.data.transforms import ImagePipeline, Preprocess
+from food_assets.ml.errors import CheckpointError, DataSourceError
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """One file's outcome: `top_k` on success, `error` (a short reason) on failure."""
+
+    path: str
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        """The top-1 class, or None for a failed file."""
+        return self.top_k[0][0] if self.top_k else None
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature`, computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """Images -> calibrated class probabilities. Subclasses implement `_logits`.
+
+    Attributes:
+        class_names: class order of the probability columns.
+        model_name: registry name of the model.
+        preprocess: how images are turned into tensors.
+        temperature: divides the logits before the softmax (1.0 = uncalibrated).
+    """
+
+    class_names: tuple[str, ...]
+    model_name: str
+    preprocess: Preprocess
+    temperature: float
+
+    def _setup(
+        self, model_name: str, class_names: Sequence[str], pre: Preprocess, t: float
+    ) -> None:
+        self.model_name = model_name
+        self.class_names = tuple(class_names)
+        self.preprocess = pre
+        self.temperature = float(t)
+        self._pipeline = ImagePipeline(pre, train=False)
+
+    def _logits(self, batch: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Probabilities `(N, C)` for a batch already preprocessed."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return softmax(self._logits(batch), self.temperature)
+
+    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Probabilities `(N, C)` (temperature applied) for decoded PIL images."""
+        if not images:
+            return self.predict_tensor(torch.empty(0))
+        return self.predict_tensor(torch.stack([self._pipeline.from_image(im) for im in images]))
+
+    def predict_paths(
+        self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 32
+    ) -> Iterator[PredictionResult]:
+        """One result per file, in input order; undecodable files become error results.
+
+        Files are decoded lazily, so a long listing streams in batches of `batch_size`.
+        """
+        k = max(1, min(top_k, len(self.class_names)))
+        pending: list[tuple[str, torch.Tensor | ImageDecodeError]] = []
+
+        def flush() -> Iterator[PredictionResult]:
+            tensors = [x for _, x in pending if isinstance(x, torch.Tensor)]
+            probs = self.predict_tensor(torch.stack(tensors)) if tensors else None
+            j = 0
+            for path, x in pending:
+                if isinstance(x, ImageDecodeError):
+                    yield PredictionResult(path, error=x.reason, detail=x.detail)
+                    continue
+                p = probs[j]
+                j += 1
+                order = np.argsort(-p, kind="stable")[:k]
+                yield PredictionResult(path, [(self.class_names[i], float(p[i])) for i in order])
+            pending.clear()
+
+        n_tensors = 0
+        for path in paths:
+            path = str(path)
+            try:
+                pending.append((path, self._pipeline(path)))
+                n_tensors += 1
+            except ImageDecodeError as exc:
+                pending.append((path, exc))
+            if n_tensors >= batch_size:
+                yield from flush()
+                n_tensors = 0
+        if pending:
+            yield from flush()
+
+
+class OnnxPredictor(Predictor):
+    """Runs an exported `.onnx` file with ONNX Runtime; validates it first (`load_onnx`)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        from food_assets.ml.export.onnx_export import create_session, load_onnx
+
+        self.path = Path(path)
+        data, meta = load_onnx(self.path)
+        self._setup(meta.model_name, meta.class_names, meta.preprocess, meta.temperature)
+        self._session = create_session(data, threads=threads, providers=providers)
+        self._input = self._session.get_inputs()[0].name
+
+    def _logits(self, batch: torch.Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        return self._session.run(None, {self._input: x})[0]
+
+
+class TorchPredictor(Predictor):
+    """Runs a trained-model bundle (`model.safetensors` + `card.json`) in eager PyTorch."""
+
+    def __init__(self, bundle_dir: str | os.PathLike[str], *, device: str = "cpu") -> None:
+        from food_assets.ml.export.metadata import validate_preprocess
+        from food_assets.ml.models.bundle import load_bundle
+
+        self.path = Path(bundle_dir)
+        model, card = load_bundle(self.path, map_location=device)
+
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{self.path}/card.json: {what}; re-materialize the model")
+
+        # load_bundle checks names and temperature; the preprocess fields are checked here too,
+        # since a wrong size or std would silently feed the model garbage.
+        pre = validate_preprocess(card.preprocess.to_dict(), bad)
+        self._setup(card.name, card.class_names, pre, card.temperature)
+        self.device = torch.device(device)
+        self._model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def _logits(self, batch: torch.Tensor) -> np.ndarray:
+        out = self._model(batch.to(self.device)).float().cpu().numpy()
+        if out.ndim != 2 or out.shape[1] != len(self.class_names):
+            raise CheckpointError(
+                f"{self.path}: the model returns shape {out.shape}, not (N, "
+                f"{len(self.class_names)}) as card.json's class names say"
+            )
+        return out
+
+
+def load_predictor(path: str | os.PathLike[str], **kwargs) -> Predictor:
+    """An `OnnxPredictor` for a `.onnx` file, a `TorchPredictor` for a bundle folder.
+
+    A folder without `card.json` but with exactly one `.onnx` file (an `onnx_<name>` asset's
+    output folder) loads that file.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return OnnxPredictor(path, **kwargs)
+    if path.is_dir():
+        if (path / "card.json").is_file():
+            return TorchPredictor(path, **kwargs)
+        exports = sorted(p for p in path.glob("*.onnx") if not p.name.startswith("."))
+        if len(exports) == 1:
+            return OnnxPredictor(exports[0], **kwargs)
+    raise CheckpointError(
+        f"{path} is neither an .onnx file nor a model bundle folder (with card.json); point at "
+        "the output of a model_<name> or onnx_<name> asset"
+    )
+
+
+def iter_image_files(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, recursive: bool = True
+) -> Iterator[Path]:
+    """Image files under the given files/folders, sorted, hidden files and folders skipped.
+
+    A file named explicitly is yielded whatever its extension (the user asked for it; a bad one
+    becomes an error result at prediction time); inside folders only image extensions count.
+
+    Raises:
+        DataSourceError: a path that does not exist.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    for p in map(Path, paths):
+        if p.is_file():
+            yield p
+        elif p.is_dir():
+            yield from _walk(p, recursive)
+        else:
+            raise DataSourceError(f"{p} does not exist: pass an image file or a folder of images")
+
+
+def _walk(root: Path, recursive: bool) -> Iterator[Path]:
+    entries = sorted(root.iterdir(), key=lambda e: e.name)
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            if recursive:
+                yield from _walk(e, recursive)
+        elif e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS:
+            yield e
