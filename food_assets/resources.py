@@ -99,7 +99,7 @@ class QualityGates(dg.ConfigurableResource):
 def mlflow_tracking_uri(data_dir: str | None = None) -> str:
     """The embedded MLflow store under the data folder, unless MLFLOW_TRACKING_URI says else."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
+    if env and data_dir is None:
         return env
     root = Path(data_dir or default_data_dir()).expanduser().resolve() / "mlflow"
     root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,9 @@ def _mlflow_artifact_location(uri: str) -> str | None:
     config_schema={
         **MLFLOW_CONFIG_SCHEMA,
         "artifact_location": dg.Field(
-            dg.Noneable(str), default_value=None, is_required=False,
+            dg.Noneable(str),
+            default_value=None,
+            is_required=False,
             description="Artifact root for a new experiment (default: next to a SQLite store).",
         ),
     }
@@ -153,15 +155,17 @@ def food_mlflow(context: dg.InitResourceContext):
 
     class _Context:  # MlFlow reads these attributes only
         log = context.log
-        dagster_run = context.dagster_run
-        run_id = context.run_id
+        dagster_run = context.run
+        run_id = context.run.run_id
         resource_config = {**cfg, "mlflow_tracking_uri": uri}
 
     return MlFlow(_Context())
 
 
-def default_resources() -> dict[str, Any]:
-    data_dir = default_data_dir()
+def default_resources(data_dir: str | None = None) -> dict[str, Any]:
+    """The code location's resources; `data_dir` (default: FOOD_ASSETS_DATA_DIR or ./data)
+    roots the artifacts and the embedded MLflow store."""
+    data_dir = data_dir or default_data_dir()
     return {
         "artifact_store": ArtifactStore(data_dir=data_dir),
         "compute": LightningCompute(),

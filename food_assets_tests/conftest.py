@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see food_assets/__init__.py
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,58 @@ def small_sample_config():
     """Run config for the data assets: a small sample set that still trains in seconds."""
     return {
         "food_images_raw": {
-            "config": {"sample_num_classes": 4, "sample_images_per_class": 16, "sample_image_size": 64}
+            "config": {
+                "sample_num_classes": 4,
+                "sample_images_per_class": 16,
+                "sample_image_size": 64,
+            }
         }
     }
+
+
+#: Tiny but real settings for the whole graph: 4 sample classes, 24 images each, 48 px models.
+TINY_TRAIN = {"epochs": 2, "image_size": 48, "batch_size": 16, "lr": 3e-3}
+
+
+def tiny_run_config(**model_overrides) -> dict:
+    from food_assets.ml.models import get_model_spec, list_models
+
+    ops: dict = {
+        "food_images_raw": {
+            "config": {"sample_num_classes": 4, "sample_images_per_class": 24, "sample_image_size": 64}
+        }
+    }
+    for name in list_models():
+        if get_model_spec(name).family in ("scratch", "transfer"):
+            ops[f"model_{name}"] = {"config": {**TINY_TRAIN, **model_overrides.get(name, {})}}
+    for name in list_models():
+        ops[f"evaluation_{name}"] = {"config": {"n_bootstrap": 200}}
+    return {"ops": ops}
+
+
+@pytest.fixture(scope="session")
+def graph_run(tmp_path_factory):
+    """The whole asset graph materialized once on a tiny sample; many tests read from it."""
+    import dagster as dg
+
+    from food_assets.definitions import build_definitions
+    from food_assets.resources import default_resources
+
+    data_dir = tmp_path_factory.mktemp("graph") / "data"
+    from food_assets.resources import QualityGates
+
+    resources = default_resources(str(data_dir))
+    # Two epochs at 48 px leave the scratch models near chance: gate nothing here; the checks'
+    # pass/fail behaviour has tests of its own.
+    resources["quality"] = QualityGates(accuracy={"sample/*": 0.0})
+    defs = build_definitions(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        list(defs.assets),
+        resources=resources,
+        run_config=tiny_run_config(),
+        instance=instance,
+        raise_on_error=False,
+    )
+    return {"result": result, "data_dir": data_dir, "defs": defs, "instance": instance,
+            "resources": resources}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,22 @@ def plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         return value.item()
     return value
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The value of an asset that could not run for a stated reason (CLIP without weights on
+    the sample source). Downstream assets pass it on, so the run completes, the UI shows why,
+    and `model_comparison` still lists every model."""
+
+    name: str
+    reason: str
+
+
+def skipped_output(context: dg.AssetExecutionContext, name: str, reason: str) -> dg.Output:
+    context.log.warning(f"{context.asset_key.to_user_string()} skipped: {reason}")
+    return dg.Output(
+        Skipped(name=name, reason=reason),
+        metadata={"skipped": True, "reason": reason},
+        tags={"food_assets/skipped": "true"},
+    )

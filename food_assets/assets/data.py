@@ -4,7 +4,6 @@ with the data-integrity checks."""
 # No `from __future__ import annotations` in asset modules: Dagster reads the real annotation
 # objects to infer config and resource types.
 
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,7 +81,9 @@ def food_images_raw(
             listing = list_sample(root, spec)
         elif config.source == "imagefolder":
             if not config.root:
-                raise DataSourceError("source imagefolder needs `root`: a root/<class>/<image> tree")
+                raise DataSourceError(
+                    "source imagefolder needs `root`: a root/<class>/<image> tree"
+                )
             listing = list_imagefolder(config.root)
         else:
             root = Path(config.root) if config.root else artifact_store.sources_dir() / "food101"
@@ -127,7 +128,9 @@ def food_images_raw(
             "hidden_files_skipped": len(listing.skipped_hidden),
             "quarantine": md_table(result.quarantine, max_rows=100),
             "images_per_class": md_table(per_class, max_rows=101),
-            "modes": md_table(result.manifest.groupby("mode").size().rename("images").reset_index()),
+            "modes": md_table(
+                result.manifest.groupby("mode").size().rename("images").reset_index()
+            ),
             "manifest": dg.MetadataValue.path(str(manifest_path)),
         },
     )
@@ -219,7 +222,9 @@ def no_image_in_two_splits(food_splits: SplitManifest) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=food_splits, blocking=True, description="no identical content in train and test")
+@dg.asset_check(
+    asset=food_splits, blocking=True, description="no identical content in train and test"
+)
 def no_content_leak_train_test(food_splits: SplitManifest) -> dg.AssetCheckResult:
     frame = food_splits.frame()
     train = set(frame.loc[frame.split.isin(["train", "val"]), "sha256"])

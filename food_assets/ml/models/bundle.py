@@ -123,6 +123,16 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_card(directory: str | Path, card: ModelCard) -> Path:
+    """Rewrite only card.json (e.g. with a fitted temperature), atomically."""
+    from food_assets.ml.artifacts import write_json
+
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{directory} is not a model bundle (no {WEIGHTS_FILE})")
+    return write_json(directory / CARD_FILE, card.to_dict())
+
+
 def load_card(directory: str | Path) -> ModelCard:
     path = Path(directory) / CARD_FILE
     if not path.is_file():
