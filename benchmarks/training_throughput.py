@@ -1,0 +1,212 @@
+"""Training throughput: the asset's Lightning path against a bare PyTorch loop, same run.
+
+Both sides train the same registry model (two copies of one initialisation) with the same AdamW
+parameter groups, warm-up/cosine schedule, label-smoothed loss, batch size and in-memory data,
+for the same number of steps per epoch. The Lightning side is `ClassifierModule` in the Trainer
+that `train_model` builds (`build_trainer`: history callback, best/last checkpoints, early
+stopping, atomic checkpoint IO). The bare side is a plain loop.
+
+The two sides alternate step by step in one process (a callback runs one bare step after each
+Lightning step and times both), so load from other work on a shared machine hits both alike.
+Images/s are batch / median step time, the first (warm-up) epoch left out. Validation and
+checkpoint writes are a fixed cost per epoch, not per image, and are not counted on either side.
+
+    .venv/bin/python benchmarks/training_throughput.py                 # CPU defaults, < 2 min
+    .venv/bin/python benchmarks/training_throughput.py --model efficientnet_lite0 --batch 64 \\
+        --steps 50 --image-size 224 --accelerator gpu --precision 16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def make_data(n: int, size: int, num_classes: int, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+class BareLoop:
+    """Plain PyTorch training mirroring ClassifierModule in scratch mode, one step per call."""
+
+    def __init__(
+        self, model: nn.Module, loader: DataLoader, args: argparse.Namespace, device: torch.device
+    ) -> None:
+        from food_assets.ml.training.module import WarmupCosine
+
+        self.device, self.loader = device, loader
+        self.batches = iter(())
+        self.model = model.to(device).train()
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=args.lr,
+        )
+        total = args.steps * args.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, WarmupCosine(args.steps // 2, total)
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.amp = args.precision in ("16-mixed", "bf16-mixed")
+        self.dtype = torch.float16 if args.precision == "16-mixed" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
+
+    def step(self) -> int:
+        """One optimisation step on the next batch (the loader restarts when exhausted)."""
+        try:
+            x, y = next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+            loss = self.criterion(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return int(y.shape[0])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class AlternateWithBare(pl.Callback):
+    """Interleaves one bare step after every Lightning step and times both.
+
+    A Lightning step is timed from the end of the previous bare step to the end of this
+    training batch, so it includes everything Lightning does per step (fetching the batch,
+    hooks, logging, the optimizer closure). Pairing step by step makes the comparison robust to
+    load from other work that comes and goes within seconds.
+    """
+
+    def __init__(self, bare: BareLoop, device: torch.device) -> None:
+        self.bare, self.device = bare, device
+        self.pairs: list[tuple[int, float, float]] = []  # (epoch, lightning s, bare s)
+        self._mark = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        _sync(self.device)
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(self.device)
+        light = time.perf_counter() - self._mark
+        start = time.perf_counter()
+        with torch.enable_grad():
+            self.bare.step()
+        _sync(self.device)
+        self.pairs.append((trainer.current_epoch, light, time.perf_counter() - start))
+        self._mark = time.perf_counter()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="custom_cnn")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs (the first is warm-up)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--accelerator", default="cpu", help="cpu | gpu | auto")
+    parser.add_argument("--precision", default="32-true")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from food_assets.ml.models.registry import create_model
+    from food_assets.ml.training.config import ComputeConfig, TrainConfig
+    from food_assets.ml.training.module import ClassifierModule
+    from food_assets.ml.training.train import build_trainer
+
+    pl.seed_everything(0, verbose=False)
+    gpu = args.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    data = make_data(args.batch * args.steps, args.image_size, args.num_classes)
+    loader = DataLoader(data, batch_size=args.batch, shuffle=False, pin_memory=gpu)
+    val_data = make_data(args.batch, args.image_size, args.num_classes, seed=1)
+    val = DataLoader(val_data, batch_size=args.batch)
+    template = create_model(args.model, num_classes=args.num_classes, weights="none")
+    print(
+        f"model={args.model} batch={args.batch} steps/epoch={args.steps} epochs={args.epochs} "
+        f"size={args.image_size} device={device} precision={args.precision} "
+        f"torch_threads={torch.get_num_threads()}"
+    )
+
+    alternate = AlternateWithBare(BareLoop(copy.deepcopy(template), loader, args, device), device)
+    cfg = TrainConfig(
+        mode="scratch",
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup_epochs=0.5,
+        num_workers=0,
+        early_stopping_patience=args.epochs,
+    )
+    compute = ComputeConfig(
+        accelerator="gpu" if gpu else "cpu", devices=1, precision=args.precision
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, _ = build_trainer(
+            cfg,
+            compute,
+            Path(tmp) / "checkpoints",
+            callbacks=[alternate],
+            progress_bar=False,
+            default_root_dir=Path(tmp),
+        )
+        module = ClassifierModule(
+            copy.deepcopy(template),
+            num_classes=args.num_classes,
+            mode="scratch",
+            lr=args.lr,
+            weight_decay=0.05,
+            warmup_epochs=0.5,
+            label_smoothing=0.1,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            trainer.fit(module, train_dataloaders=loader, val_dataloaders=val)
+            total = time.perf_counter() - start
+
+    # The first epoch is warm-up (allocator, oneDNN/cuDNN kernel choice) for both sides.
+    measured = [(lt, bt) for epoch, lt, bt in alternate.pairs if epoch > 0]
+    light_ips = args.batch / statistics.median(lt for lt, _ in measured)
+    bare_ips = args.batch / statistics.median(bt for _, bt in measured)
+    pair_ratio = statistics.median(bt / lt for lt, bt in measured)
+    print(f"measured steps per side: {len(measured)} (first epoch left out); run {total:.1f} s")
+    print(f"train_model path : {light_ips:.1f} images/s (median step)")
+    print(f"bare PyTorch loop: {bare_ips:.1f} images/s (median step)")
+    print(
+        f"ratio (train_model / bare): {light_ips / bare_ips:.3f} of medians, "
+        f"{pair_ratio:.3f} median of paired steps   (target >= 0.9)"
+    )
+
+
+if __name__ == "__main__":
+    main()

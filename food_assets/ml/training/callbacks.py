@@ -1,0 +1,77 @@
+"""Callbacks and plugins of the training path: per-epoch history and atomic checkpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from food_assets.ml.artifacts import atomic_path
+
+HISTORY_COLUMNS = ("epoch", "train/loss", "train/acc_top1", "val/loss", "val/acc_top1", "lr")
+
+
+class TrainingHistory(pl.Callback):
+    """One row per finished epoch: the logged metrics plus training-phase time and images.
+
+    Its state goes into every checkpoint, so a resumed run keeps the rows of the epochs done
+    before the interruption, and the main process can read the history back from `last.ckpt`
+    whatever the strategy (with `ddp_spawn` the callbacks run in child processes).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._t0 = 0.0
+        self._train_seconds = 0.0
+        self._images = 0
+
+    @property
+    def state_key(self) -> str:
+        return "TrainingHistory"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._train_seconds = 0.0
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += int(batch[1].shape[0]) * trainer.world_size
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Validation runs inside the training epoch; stop the training clock here.
+        if not trainer.sanity_checking and self._t0:
+            self._train_seconds += time.perf_counter() - self._t0
+            self._t0 = 0.0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._t0:
+            self._train_seconds += time.perf_counter() - self._t0
+            self._t0 = 0.0
+        metrics = trainer.callback_metrics
+        row: dict[str, float] = {"epoch": int(trainer.current_epoch)}
+        for key in HISTORY_COLUMNS[1:]:
+            value = metrics.get(key)
+            row[key] = float(value) if value is not None else float("nan")
+        row["train_seconds"] = self._train_seconds
+        row["train_images"] = self._images
+        self.rows.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary sibling and renamed: a run killed mid-write leaves
+    the previous `last.ckpt` intact, so resuming always finds a complete file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
