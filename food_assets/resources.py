@@ -8,7 +8,9 @@ only this configuration, never the assets.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
@@ -153,10 +155,12 @@ def food_mlflow(context: dg.InitResourceContext):
         if lock:
             lock.release()
 
+    run = context.run  # None when an asset is invoked directly (tests, notebooks)
+
     class _Context:  # MlFlow reads these attributes only
         log = context.log
-        dagster_run = context.run
-        run_id = context.run.run_id
+        dagster_run = run or SimpleNamespace(job_name="direct_invocation")
+        run_id = run.run_id if run else f"direct-{uuid.uuid4().hex[:12]}"
         resource_config = {**cfg, "mlflow_tracking_uri": uri}
 
     return MlFlow(_Context())

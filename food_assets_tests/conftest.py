@@ -89,7 +89,7 @@ def graph_run(tmp_path_factory):
     defs = build_definitions(resources)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        list(defs.assets),
+        [*defs.assets, *defs.asset_checks],
         resources=resources,
         run_config=tiny_run_config(),
         instance=instance,
