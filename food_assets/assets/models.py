@@ -77,6 +77,9 @@ class TrainAssetConfig(dg.Config):
     early_stopping_patience: int | None = 5
     limit_train_batches: float | None = Field(default=None, description="batches (>=1) or fraction")
     limit_val_batches: float | None = None
+    precise_bn_batches: int = Field(
+        default=16, ge=0, description="recompute BatchNorm statistics before each validation"
+    )
 
     def train_config(self):
         from food_assets.ml.training import TrainConfig

@@ -75,3 +75,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class PreciseBatchNorm(pl.Callback):
+    """Recompute BatchNorm running statistics over training batches before each validation.
+
+    BN's exponential running averages lag the weights when training is short or the learning
+    rate high: on the sample set a from-scratch CNN reached 0.82 train accuracy while its
+    running statistics made every validation image one class (0.10 = chance); recomputing them
+    over the training data gave 0.42 with the same weights ("PreciseBN", Wu & Johnson 2021).
+    Only BN layers that train are touched: a frozen backbone keeps its ImageNet statistics.
+    """
+
+    def __init__(self, num_batches: int) -> None:
+        self.num_batches = num_batches
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.num_batches <= 0 or trainer.datamodule is None:
+            return
+        was_training = pl_module.training
+        pl_module.train()  # the module's own train() keeps frozen BN layers in eval mode
+        layers = [
+            m
+            for m in pl_module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+        ]
+        if not layers:
+            pl_module.train(was_training)
+            return
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        try:
+            with torch.no_grad():
+                for i, (x, _) in enumerate(trainer.datamodule.train_dataloader()):
+                    if i >= self.num_batches:
+                        break
+                    pl_module(x.to(pl_module.device))
+        finally:
+            for m, momentum in zip(layers, momenta, strict=True):
+                m.momentum = momentum
+            pl_module.train(was_training)

@@ -85,6 +85,9 @@ class TrainConfig:
         limit_train_batches / limit_val_batches: cap batches per epoch (int) or a fraction
             (float); for tests and benchmarks.
         build_kwargs: extra keyword arguments for the model builder (recorded in the card).
+        precise_bn_batches: before each validation, recompute the running statistics of the
+            BatchNorm layers that train over this many training batches (0 disables); see
+            `callbacks.PreciseBatchNorm`.
     """
 
     mode: str | None = None
@@ -104,6 +107,7 @@ class TrainConfig:
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     build_kwargs: dict[str, Any] = field(default_factory=dict)
+    precise_bn_batches: int = 16
 
     def __post_init__(self) -> None:
         def check(ok: bool, msg: str) -> None:
@@ -171,6 +175,8 @@ class TrainConfig:
                 f"{name} must be a batch count >= 1, a fraction in (0, 1], or null (got {v!r})",
             )
         check(isinstance(self.build_kwargs, dict), "build_kwargs must be a mapping")
+        check(_is_int(self.precise_bn_batches) and self.precise_bn_batches >= 0,
+              f"precise_bn_batches must be >= 0 (got {self.precise_bn_batches!r})")
 
     def resolve(self, *, family: str, default_weights: str, model_name: str) -> TrainConfig:
         """Fill in `mode` and `weights` for one model and check that they fit together."""

@@ -37,7 +37,12 @@ from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
 from food_assets.ml.models.profile import count_params_and_gmacs
 from food_assets.ml.models.registry import create_model, get_model_spec
 from food_assets.ml.models.weights import get_weights_source
-from food_assets.ml.training.callbacks import HISTORY_COLUMNS, AtomicCheckpointIO, TrainingHistory
+from food_assets.ml.training.callbacks import (
+    HISTORY_COLUMNS,
+    AtomicCheckpointIO,
+    PreciseBatchNorm,
+    TrainingHistory,
+)
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 from food_assets.ml.training.datamodule import SplitDataModule, check_splits
 from food_assets.ml.training.module import ClassifierModule
@@ -165,6 +170,9 @@ def build_trainer(
         enable_version_counter=False,
     )
     cbs: list[pl.Callback] = [history, best, last]
+    if cfg.precise_bn_batches:
+        # Before the checkpoint callbacks read val/acc_top1: the statistics they save are fresh.
+        cbs.insert(0, PreciseBatchNorm(cfg.precise_bn_batches))
     if cfg.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience))
     cbs.extend(callbacks)
