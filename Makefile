@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	.venv/bin/dagster asset materialize -m food_assets.definitions --select '*'
+	.venv/bin/dagster asset materialize -m food_assets.definitions --select '*' -c configs/sample.yaml
 
 test: setup
 	.venv/bin/python -m pytest
