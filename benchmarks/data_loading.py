@@ -75,13 +75,17 @@ def main() -> None:
         for _ in range(args.rounds):
             t = time.perf_counter()
             baseline(paths, transform)
-            rates["baseline (PIL open/convert/resize)"].append(len(paths) / (time.perf_counter() - t))
+            rates["baseline (PIL open/convert/resize)"].append(
+                len(paths) / (time.perf_counter() - t)
+            )
             t = time.perf_counter()
             project(paths, pipeline)
             rates["food_assets ImagePipeline"].append(len(paths) / (time.perf_counter() - t))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{args.images} JPEGs of {args.size}x{int(args.size * 0.75)} -> {args.input_size} px, "
-          f"{args.rounds} rounds, 1 thread")
+    print(
+        f"{args.images} JPEGs of {args.size}x{int(args.size * 0.75)} -> {args.input_size} px, "
+        f"{args.rounds} rounds, 1 thread"
+    )
     for name, rate in med.items():
         print(f"  {name:40s} {rate:8.1f} images/s")
     ratio = med["food_assets ImagePipeline"] / med["baseline (PIL open/convert/resize)"]

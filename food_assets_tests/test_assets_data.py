@@ -54,9 +54,15 @@ def test_sample_source_materializes_with_checks(resources, small_sample_config, 
 
 def test_bad_files_are_quarantined_and_the_gate_blocks_splits(tmp_path, resources):
     expected = write_bad_files(tmp_path / "tree")
-    config = {"food_images_raw": {"config": {"source": "imagefolder",
-                                             "root": str(tmp_path / "tree"),
-                                             "max_pixels": 1_000_000}}}
+    config = {
+        "food_images_raw": {
+            "config": {
+                "source": "imagefolder",
+                "root": str(tmp_path / "tree"),
+                "max_pixels": 1_000_000,
+            }
+        }
+    }
     result = _run(resources, config, raise_on_error=False)
     raw = result.output_for_node("food_images_raw")
     quarantine = pd.read_parquet(raw.quarantine_path)
@@ -107,8 +113,9 @@ def test_wrong_root_is_one_clear_failure(resources, config, message):
 
 def test_bad_config_values_are_named(resources):
     # Out-of-range values fail the step with pydantic's message naming the field and the bound.
-    result = _run(resources, {"food_splits": {"config": {"val_fraction": 2.0}}},
-                  raise_on_error=False)
+    result = _run(
+        resources, {"food_splits": {"config": {"val_fraction": 2.0}}}, raise_on_error=False
+    )
     failure = next(e for e in result.all_events if e.is_step_failure)
     text = str(failure.step_failure_data.error.to_string())
     assert "val_fraction" in text and "less than 1" in text

@@ -31,8 +31,11 @@ def test_sample_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     spec = SampleSpec(num_classes=3, images_per_class=5, image_size=64)
     a = _digest(generate_sample(tmp_path / "a", spec))
     b = _digest(generate_sample(tmp_path / "b", spec))
-    c = _digest(generate_sample(tmp_path / "c", SampleSpec(num_classes=3, images_per_class=5,
-                                                           image_size=64, seed=1)))
+    c = _digest(
+        generate_sample(
+            tmp_path / "c", SampleSpec(num_classes=3, images_per_class=5, image_size=64, seed=1)
+        )
+    )
     assert a == b
     assert len(a) == 3 * 5 + 2  # images + boxes.csv + sample.json
     assert a != c
@@ -196,7 +199,9 @@ def test_list_sample_attaches_boxes(tmp_path):
     assert listing.files[["box_x0", "box_y0", "box_x1", "box_y1"]].notna().all().all()
 
 
-@pytest.mark.parametrize("name", ["rotated.jpg", "cmyk.jpg", "grey.jpg", "palette.png", "sixteen.png"])
+@pytest.mark.parametrize(
+    "name", ["rotated.jpg", "cmyk.jpg", "grey.jpg", "palette.png", "sixteen.png"]
+)
 def test_fast_decode_path_agrees_with_pil_path(tmp_path, name):
     write_bad_files(tmp_path)
     pre = Preprocess(input_size=24, crop_pct=1.0)

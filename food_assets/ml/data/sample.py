@@ -111,10 +111,12 @@ def _sushi(d: ImageDraw.ImageDraw, b: Box, rng: np.random.Generator) -> Box:
     h = y1 - y0
     top = y0 + h // 4
     d.rounded_rectangle((x0, top, x1, y1 - h // 6), radius=max(2, h // 6), fill=(245, 245, 240))
-    d.rounded_rectangle((x0, y0, x1, top + h // 5), radius=max(2, h // 8),
-                        fill=_jitter(rng, (250, 120, 70)))
-    d.rectangle(((x0 + x1) // 2 - h // 10, y0, (x0 + x1) // 2 + h // 10, y1 - h // 6),
-                fill=(25, 40, 25))
+    d.rounded_rectangle(
+        (x0, y0, x1, top + h // 5), radius=max(2, h // 8), fill=_jitter(rng, (250, 120, 70))
+    )
+    d.rectangle(
+        ((x0 + x1) // 2 - h // 10, y0, (x0 + x1) // 2 + h // 10, y1 - h // 6), fill=(25, 40, 25)
+    )
     return b
 
 
@@ -122,8 +124,10 @@ def _ice_cream(d: ImageDraw.ImageDraw, b: Box, rng: np.random.Generator) -> Box:
     x0, y0, x1, y1 = b
     w, h = x1 - x0, y1 - y0
     mid = y0 + int(h * 0.45)
-    d.polygon([(x0 + w // 6, mid), (x1 - w // 6, mid), ((x0 + x1) // 2, y1)],
-              fill=_jitter(rng, (205, 150, 80)))
+    d.polygon(
+        [(x0 + w // 6, mid), (x1 - w // 6, mid), ((x0 + x1) // 2, y1)],
+        fill=_jitter(rng, (205, 150, 80)),
+    )
     d.ellipse((x0 + w // 8, y0, x1 - w // 8, mid + h // 8), fill=_jitter(rng, (250, 200, 220), 50))
     return b
 
@@ -145,7 +149,9 @@ def _taco(d: ImageDraw.ImageDraw, b: Box, rng: np.random.Generator) -> Box:
     d.chord((x0, y0, x1, y1 + h), 180, 360, fill=_jitter(rng, (240, 200, 90)))
     for i in range(5):
         x = x0 + (i + 1) * (x1 - x0) // 6
-        d.ellipse((x - h // 8, y0 + h // 5, x + h // 8, y0 + h // 2), fill=_jitter(rng, (70, 160, 50)))
+        d.ellipse(
+            (x - h // 8, y0 + h // 5, x + h // 8, y0 + h // 2), fill=_jitter(rng, (70, 160, 50))
+        )
     return b
 
 
@@ -155,8 +161,13 @@ def _spring_rolls(d: ImageDraw.ImageDraw, b: Box, rng: np.random.Generator) -> B
     colour = _jitter(rng, (220, 160, 60))
     for i in range(3):
         ty = y0 + i * h // 3
-        d.rounded_rectangle((x0, ty + 1, x1, ty + h // 3 - 1), radius=max(2, h // 7), fill=colour,
-                            outline=_jitter(rng, (150, 90, 30), 20), width=1)
+        d.rounded_rectangle(
+            (x0, ty + 1, x1, ty + h // 3 - 1),
+            radius=max(2, h // 7),
+            fill=colour,
+            outline=_jitter(rng, (150, 90, 30), 20),
+            width=1,
+        )
     return b
 
 

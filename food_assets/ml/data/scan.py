@@ -15,8 +15,18 @@ from PIL import Image
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
 
 MANIFEST_COLUMNS = [
-    "path", "label", "source_split", "width", "height", "mode", "format", "sha256",
-    "box_x0", "box_y0", "box_x1", "box_y1",
+    "path",
+    "label",
+    "source_split",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "sha256",
+    "box_x0",
+    "box_y0",
+    "box_x1",
+    "box_y1",
 ]
 QUARANTINE_COLUMNS = ["path", "label", "reason", "detail"]
 

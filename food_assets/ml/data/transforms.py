@@ -58,7 +58,9 @@ def _interp(name: str):
     try:
         return InterpolationMode(name)
     except ValueError as exc:
-        raise ValueError(f"unknown interpolation {name!r}; use bilinear, bicubic or nearest") from exc
+        raise ValueError(
+            f"unknown interpolation {name!r}; use bilinear, bicubic or nearest"
+        ) from exc
 
 
 def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Any], torch.Tensor]:
@@ -78,8 +80,9 @@ def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Any], torch.Te
     ]
     if train:
         head = [
-            T.RandomResizedCrop(pre.input_size, scale=(0.35, 1.0), interpolation=interp,
-                                antialias=True),
+            T.RandomResizedCrop(
+                pre.input_size, scale=(0.35, 1.0), interpolation=interp, antialias=True
+            ),
             T.RandomHorizontalFlip(),
         ]
     else:
