@@ -156,6 +156,12 @@ def food_mlflow(context: dg.InitResourceContext):
             lock.release()
 
     run = context.run  # None when an asset is invoked directly (tests, notebooks)
+    # dagster-mlflow leaves its parent run active in the process when no end hook ran (an
+    # in-process run that finished or failed): never let the next Dagster run log into it.
+    while (active := mlflow.active_run()) is not None and (
+        run is None or active.data.tags.get("dagster_run_id") != run.run_id
+    ):
+        mlflow.end_run()
 
     class _Context:  # MlFlow reads these attributes only
         log = context.log
@@ -169,12 +175,15 @@ def food_mlflow(context: dg.InitResourceContext):
 def default_resources(data_dir: str | None = None) -> dict[str, Any]:
     """The code location's resources; `data_dir` (default: FOOD_ASSETS_DATA_DIR or ./data)
     roots the artifacts and the embedded MLflow store."""
+    # An explicit data_dir keeps everything, MLflow included, inside it (tests); otherwise
+    # MLFLOW_TRACKING_URI, when set, points the tracking at a server.
+    uri = mlflow_tracking_uri(data_dir)
     data_dir = data_dir or default_data_dir()
     return {
         "artifact_store": ArtifactStore(data_dir=data_dir),
         "compute": LightningCompute(),
         "quality": QualityGates(),
         "mlflow": food_mlflow.configured(
-            {"experiment_name": "food_assets", "mlflow_tracking_uri": mlflow_tracking_uri(data_dir)}
+            {"experiment_name": "food_assets", "mlflow_tracking_uri": uri}
         ),
     }

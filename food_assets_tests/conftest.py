@@ -60,7 +60,11 @@ def tiny_run_config(**model_overrides) -> dict:
 
     ops: dict = {
         "food_images_raw": {
-            "config": {"sample_num_classes": 4, "sample_images_per_class": 24, "sample_image_size": 64}
+            "config": {
+                "sample_num_classes": 4,
+                "sample_images_per_class": 24,
+                "sample_image_size": 64,
+            }
         }
     }
     for name in list_models():
@@ -95,5 +99,10 @@ def graph_run(tmp_path_factory):
         instance=instance,
         raise_on_error=False,
     )
-    return {"result": result, "data_dir": data_dir, "defs": defs, "instance": instance,
-            "resources": resources}
+    return {
+        "result": result,
+        "data_dir": data_dir,
+        "defs": defs,
+        "instance": instance,
+        "resources": resources,
+    }

@@ -67,7 +67,10 @@ def test_bad_files_are_quarantined_and_the_gate_blocks_splits(tmp_path, resource
     raw = result.output_for_node("food_images_raw")
     quarantine = pd.read_parquet(raw.quarantine_path)
     want = {n: r for n, r in expected.items() if r != "ok"}
-    assert dict(zip(quarantine.path.map(lambda p: Path(p).name), quarantine.reason)) == want
+    assert (
+        dict(zip(quarantine.path.map(lambda p: Path(p).name), quarantine.reason, strict=True))
+        == want
+    )
     manifest = raw.manifest()
     assert not set(manifest.path) & set(quarantine.path)  # never reach training
     meta = result.asset_materializations_for_node("food_images_raw")[0].metadata

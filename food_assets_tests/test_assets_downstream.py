@@ -42,8 +42,18 @@ def test_evaluation_metrics_match_the_saved_predictions(graph_run, name):
     report = graph_run["result"].output_for_node(f"evaluation_{name}")
     preds = pd.read_parquet(report.files["predictions"])
     top1 = float((preds["top1_class"] == preds["true_class"]).mean())
-    top5 = float(np.mean([t in row for t, row in zip(
-        preds["true_class"], preds[[f"top{j}_class" for j in range(1, 5)]].to_numpy())]))
+    top5 = float(
+        np.mean(
+            [
+                t in row
+                for t, row in zip(
+                    preds["true_class"],
+                    preds[[f"top{j}_class" for j in range(1, 5)]].to_numpy(),
+                    strict=True,
+                )
+            ]
+        )
+    )
     assert report.summary["test/acc_top1"] == pytest.approx(top1)
     # 4 classes: top-4 covers everything, so "top-5" must be 1.
     assert top5 == 1.0 and report.summary["test/acc_top5"] == pytest.approx(1.0)
@@ -74,12 +84,17 @@ def test_a_threshold_above_the_measured_accuracy_fails_and_below_passes(graph_ru
     acc = graph_run["result"].output_for_node(f"evaluation_{name}").summary["test/acc_top1"]
     outcomes = {}
     for floor in (acc + 0.01, max(acc - 0.01, 0.0)):
-        resources = {**graph_run["resources"],
-                     "quality": QualityGates(accuracy={f"sample/{name}": floor})}
+        resources = {
+            **graph_run["resources"],
+            "quality": QualityGates(accuracy={f"sample/{name}": floor}),
+        }
         defs = build_definitions(resources)
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=[f"evaluation_{name}"], resources=resources,
-            instance=graph_run["instance"], raise_on_error=False,
+            [*defs.assets, *defs.asset_checks],
+            selection=[f"evaluation_{name}"],
+            resources=resources,
+            instance=graph_run["instance"],
+            raise_on_error=False,
             run_config={"ops": {f"evaluation_{name}": {"config": {"n_bootstrap": 200}}}},
         )
         evaluation = next(e for e in result.get_asset_check_evaluations())
@@ -100,8 +115,9 @@ def test_reevaluation_job_and_schedule(graph_run):
     assert selected == {f"evaluation_{n}" for n in list_models()} | {"model_comparison"}
     result = job.execute_in_process(
         instance=graph_run["instance"],
-        run_config={"ops": {f"evaluation_{n}": {"config": {"n_bootstrap": 200}}
-                            for n in list_models()}},
+        run_config={
+            "ops": {f"evaluation_{n}": {"config": {"n_bootstrap": 200}} for n in list_models()}
+        },
     )
     assert result.success
     assert len(result.get_asset_check_evaluations()) == len(list_models())
@@ -112,8 +128,7 @@ def test_class_map_mismatch_is_an_error_naming_both(graph_run):
     model = graph_run["result"].output_for_node(f"model_{name}")
     splits = graph_run["result"].output_for_node("food_splits")
     other = SplitManifest(splits.path, tuple(reversed(splits.class_names)), splits.source)
-    asset = next(a for a in graph_run["defs"].assets
-                 if dg.AssetKey(f"evaluation_{name}") in a.keys)
+    asset = next(a for a in graph_run["defs"].assets if dg.AssetKey(f"evaluation_{name}") in a.keys)
     context = dg.build_asset_context(resources=graph_run["resources"])
     with pytest.raises(dg.Failure) as err:
         list(asset(context, config=EvaluationConfig(), model=model, food_splits=other))
@@ -150,8 +165,10 @@ def test_a_broken_export_fails_the_parity_check(graph_run):
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
             selection=dg.AssetSelection.checks(
-                dg.AssetCheckKey(dg.AssetKey(f"onnx_{name}"), "onnx_parity")),
-            resources=graph_run["resources"], instance=graph_run["instance"],
+                dg.AssetCheckKey(dg.AssetKey(f"onnx_{name}"), "onnx_parity")
+            ),
+            resources=graph_run["resources"],
+            instance=graph_run["instance"],
             raise_on_error=False,
         )
         evaluation = result.get_asset_check_evaluations()[0]

@@ -90,7 +90,10 @@ def test_scan_quarantines_every_bad_file_with_its_reason(tmp_path):
     assert ".hidden.jpg" not in names and "x.jpg" not in names
     assert len(listing.skipped_hidden) == 2
     result = scan_images(listing.files, max_pixels=1_000_000)
-    got = {Path(p).name: r for p, r in zip(result.quarantine.path, result.quarantine.reason)}
+    got = {
+        Path(p).name: r
+        for p, r in zip(result.quarantine.path, result.quarantine.reason, strict=True)
+    }
     want = {n: r for n, r in expected.items() if r != "ok"}
     assert got == want
     good = set(result.manifest["path"].map(lambda p: Path(p).name))
@@ -137,7 +140,7 @@ def test_food101_listing_keeps_the_official_split(tmp_path):
 
 
 def _manifest(tmp_path: Path, per_class=(12, 12, 12)) -> pd.DataFrame:
-    for c, n in zip("abc", per_class):
+    for c, n in zip("abc", per_class, strict=True):
         for i in range(n):
             solid(tmp_path / c / f"{i}.png", colour=(ord(c), i * 7, 3), fmt="PNG")
     return scan_images(list_imagefolder(tmp_path).files).manifest

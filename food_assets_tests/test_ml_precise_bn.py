@@ -38,8 +38,9 @@ def test_running_stats_become_the_training_data_statistics():
     net = _Net().eval()
     net.bn.running_mean.fill_(100.0)  # stale, as after a short, high-LR schedule
     frozen_before = net.frozen_bn.running_mean.clone()
-    trainer = SimpleNamespace(sanity_checking=False, datamodule=SimpleNamespace(
-        train_dataloader=lambda: loader))
+    trainer = SimpleNamespace(
+        sanity_checking=False, datamodule=SimpleNamespace(train_dataloader=lambda: loader)
+    )
     PreciseBatchNorm(num_batches=4).on_validation_epoch_start(trainer, net)
     with torch.no_grad():
         feats = net.conv(net.frozen_bn(x))

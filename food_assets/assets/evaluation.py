@@ -37,11 +37,14 @@ DEFAULT_ACCURACY_FLOORS: dict[str, dict[str, float]] = {
         "clip_zero_shot": 0.80,
         "clip_linear_probe": 0.85,
     },
+    # Measured by `make run` (configs/sample.yaml, 60 test images, 10 classes): custom_cnn
+    # 0.833 [0.733, 0.917], resnet50 0.667 [0.550, 0.783], efficientnet_b0 0.350 [0.233, 0.483],
+    # efficientnet_lite0 0.983 [0.950, 1.0]; each floor sits well under the interval's low end.
     "sample": {
-        "custom_cnn": 0.30,
-        "resnet50": 0.20,
-        "efficientnet_b0": 0.20,
-        "efficientnet_lite0": 0.50,
+        "custom_cnn": 0.50,
+        "resnet50": 0.35,
+        "efficientnet_b0": 0.15,
+        "efficientnet_lite0": 0.80,
         "clip_zero_shot": 0.0,
         "clip_linear_probe": 0.0,
     },

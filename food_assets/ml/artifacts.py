@@ -71,7 +71,15 @@ def _fsync_file(path: Path) -> None:
 
 def _replace_dir(src: Path, dst: Path) -> None:
     # Directories cannot be swapped in one syscall; move the old one aside first so a failure
-    # in between still leaves one complete version on disk.
+    # in between still leaves one complete version on disk. Two runs swapping the same folder
+    # take turns (a file lock), so neither trips over the other's half-done swap.
+    from filelock import FileLock
+
+    with FileLock(str(dst.with_name(f".{dst.name}.lock")), timeout=600):
+        _swap_dir(src, dst)
+
+
+def _swap_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(dst, old)

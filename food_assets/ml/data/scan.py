@@ -79,7 +79,7 @@ def scan_images(
     paths = files["path"].tolist()
     workers = workers or min(8, os.cpu_count() or 1)
     results: list[dict] = []
-    every = max(1, len(paths) // 20)
+    every = max(100, len(paths) // 20)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, res in enumerate(pool.map(lambda p: _probe(p, max_pixels), paths, chunksize=16)):
             results.append(res)

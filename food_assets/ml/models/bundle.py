@@ -63,23 +63,32 @@ class ModelCard:
             raise CheckpointError("card.json: class_names must be a non-empty list of strings")
         if len(set(names)) != len(names):
             raise CheckpointError("card.json: class_names has duplicates")
+        build_kwargs = d.get("build_kwargs") or {}
+        if not isinstance(build_kwargs, dict) or not all(isinstance(k, str) for k in build_kwargs):
+            raise CheckpointError("card.json: build_kwargs must be an object with string keys")
         try:
-            pre = Preprocess.from_dict(d["preprocess"])
+            from food_assets.ml.export.metadata import validate_preprocess
+
+            pre = validate_preprocess(d["preprocess"], CheckpointError)
             temperature = float(d.get("temperature", 1.0))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"card.json: bad preprocess or temperature ({exc})") from exc
+            metrics = {str(k): float(v) for k, v in (d.get("metrics") or {}).items()}
+            version = int(d.get("version", CARD_VERSION))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(
+                f"card.json: bad preprocess, temperature or metrics ({exc})"
+            ) from exc
         if not (temperature > 0):
             raise CheckpointError("card.json: temperature must be positive")
         return cls(
             name=str(d["name"]),
             class_names=list(names),
             preprocess=pre,
-            build_kwargs=dict(d.get("build_kwargs") or {}),
+            build_kwargs=dict(build_kwargs),
             mode=str(d.get("mode", "finetune")),
             weights_source=str(d.get("weights_source", "none")),
             temperature=temperature,
-            metrics={str(k): float(v) for k, v in (d.get("metrics") or {}).items()},
-            version=int(d.get("version", CARD_VERSION)),
+            metrics=metrics,
+            version=version,
         )
 
 
@@ -102,12 +111,14 @@ class FitResult:
 
 def save_bundle(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
     """Write model.safetensors + card.json into `directory`, replacing it atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
-        save_file(_dedupe_shared(state), str(tmp / WEIGHTS_FILE))
+        # Serialise in memory, then write: a full disk is then an OSError (-> ArtifactWriteError
+        # naming the fix), not safetensors' own error type.
+        (tmp / WEIGHTS_FILE).write_bytes(save(_dedupe_shared(state)))
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return directory
 
@@ -162,9 +173,15 @@ def load_bundle(directory: str | Path, *, map_location: str = "cpu") -> tuple[nn
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is corrupt or not a safetensors file ({exc})") from exc
-    model = create_model(
-        card.name, num_classes=card.num_classes, weights="none", **card.build_kwargs
-    )
+    try:
+        model = create_model(
+            card.name, num_classes=card.num_classes, weights="none", **card.build_kwargs
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{directory}/card.json: build_kwargs {card.build_kwargs} do not fit model "
+            f"{card.name!r} ({exc})"
+        ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

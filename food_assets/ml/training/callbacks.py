@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
@@ -73,8 +74,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
+        # Serialise in memory first: torch.save on a full disk raises an opaque RuntimeError,
+        # a plain write raises OSError, which atomic_path turns into a message naming the fix.
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            tmp.write_bytes(buf.getbuffer())
 
 
 class PreciseBatchNorm(pl.Callback):

@@ -175,8 +175,10 @@ class TrainConfig:
                 f"{name} must be a batch count >= 1, a fraction in (0, 1], or null (got {v!r})",
             )
         check(isinstance(self.build_kwargs, dict), "build_kwargs must be a mapping")
-        check(_is_int(self.precise_bn_batches) and self.precise_bn_batches >= 0,
-              f"precise_bn_batches must be >= 0 (got {self.precise_bn_batches!r})")
+        check(
+            _is_int(self.precise_bn_batches) and self.precise_bn_batches >= 0,
+            f"precise_bn_batches must be >= 0 (got {self.precise_bn_batches!r})",
+        )
 
     def resolve(self, *, family: str, default_weights: str, model_name: str) -> TrainConfig:
         """Fill in `mode` and `weights` for one model and check that they fit together."""

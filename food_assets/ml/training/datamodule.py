@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
@@ -60,12 +62,16 @@ class SplitDataModule(pl.LightningDataModule):
             self.val_ds = ManifestDataset(self.splits.frame("val"), self.preprocess, train=False)
 
     def _loader(self, ds: ManifestDataset, *, train: bool) -> DataLoader:
+        # Under DDP each rank sees ceil(len / world) images: judge the last batch per rank.
+        trainer = getattr(self, "_trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        per_rank = math.ceil(len(ds) / max(world, 1))
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=train,
             # A last training batch of one image breaks BatchNorm; drop it only in that case.
-            drop_last=train and len(ds) > self.batch_size and len(ds) % self.batch_size == 1,
+            drop_last=train and per_rank > self.batch_size and per_rank % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -1,0 +1,519 @@
+"""The Gradio demo: upload a food photo, see the top-3 classes and a Grad-CAM overlay.
+
+`DemoService` holds everything that is not UI: it lists the materialized models
+(`food_assets.catalog`), loads each one once (an ONNX export when there is one, else the bundle;
+plus the bundle's PyTorch network for Grad-CAM), and turns an uploaded file into a prediction or
+a clear message. `build_app` wires it into a `gradio.Blocks` page and `launch` serves it
+(`food-assets demo` calls `launch`).
+
+Heavy imports (gradio, torch, onnxruntime) happen inside functions, so importing this module
+stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from food_assets import catalog
+from food_assets.catalog import MaterializedModel
+
+if TYPE_CHECKING:
+    import gradio as gr
+    import numpy as np
+    from PIL import Image
+
+    from food_assets.ml.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+#: Bundled example photos (rendered by `food_assets.ml.data.sample.render_sample_image`).
+STATIC_DIR = Path(__file__).parent / "assets_static"
+TOP_K = 3
+MIB = 1024 * 1024
+#: Overlays are upscaled to at least this many pixels a side: a 48 px sample model's map is
+#: otherwise a postage stamp on the page.
+OVERLAY_MIN_PX = 256
+
+NO_MODEL_MESSAGE = (
+    "**No trained model found** under `{root}/artifacts/`.\n\n"
+    "Make one first, then reload this page:\n\n"
+    "- `make run` materializes the whole asset graph on the embedded sample (offline, a few "
+    "minutes on a laptop CPU), or\n"
+    "- `food-assets train custom_cnn` trains a single model.\n\n"
+    "Set `FOOD_ASSETS_DATA_DIR` (or `--data-dir`) if your runs write somewhere else."
+)
+
+
+def example_images() -> list[Path]:
+    """The bundled example photos, sorted by name."""
+    return sorted(p for p in STATIC_DIR.glob("*.jpg") if p.is_file())
+
+
+@dataclass
+class DemoResult:
+    """One request's outcome for the page.
+
+    Attributes:
+        top: class -> probability for the top 3 classes (empty on error).
+        overlay: Grad-CAM heat map over the model input (uint8 RGB), or None.
+        info: Markdown about the model that answered (and why there is no overlay, if so).
+        message: Markdown error/help text; empty on success.
+    """
+
+    top: dict[str, float] = field(default_factory=dict)
+    overlay: np.ndarray | None = None
+    info: str = ""
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.message and bool(self.top)
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded once: the predictor plus, when the bundle is there, its Grad-CAM parts."""
+
+    entry: MaterializedModel
+    predictor: Predictor
+    source: Path
+    cam_model: Any = None  # nn.Module, a separate copy: Grad-CAM hooks must not see other calls
+    cam_layer: Any = None
+    cam_reshape: Any = None
+    cam_preprocess: Any = None
+    cam_class_index: dict[str, int] = field(default_factory=dict)
+    cam_note: str = ""
+    # Grad-CAM registers hooks on `cam_model`: two requests at once would mix their activations.
+    cam_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.predictor.model_name
+
+
+def _entry_for_path(path: Path) -> MaterializedModel:
+    """A catalog entry for a model given as a path (bundle folder or .onnx file)."""
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return MaterializedModel(name=str(path), bundle_dir=None, onnx_path=path, metrics={})
+    if (path / "card.json").is_file():
+        return MaterializedModel(name=str(path), bundle_dir=path, onnx_path=None, metrics={})
+    from food_assets.ml.errors import CheckpointError
+
+    raise CheckpointError(
+        f"{path} is neither an .onnx file nor a model bundle folder (with card.json)"
+    )
+
+
+def load_model(entry: MaterializedModel) -> LoadedModel:
+    """Load the predictor (ONNX first, it is faster) and the bundle's network for Grad-CAM."""
+    from food_assets.ml.inference.predictor import load_predictor
+
+    source = entry.best_path
+    assert source is not None  # the catalog lists only models with something on disk
+    predictor = load_predictor(source)
+    loaded = LoadedModel(entry=entry, predictor=predictor, source=source)
+    _attach_gradcam(loaded)
+    return loaded
+
+
+def _attach_gradcam(loaded: LoadedModel) -> None:
+    from food_assets.ml.errors import FoodAssetsError
+    from food_assets.ml.models.registry import get_model_spec, resolve_cam_layer
+
+    name = loaded.name
+    if loaded.entry.bundle_dir is None:
+        loaded.cam_note = (
+            f"Grad-CAM needs the trained-model bundle (materialize `model_{name}`); only the "
+            "ONNX export is on disk, so this shows the prediction alone."
+        )
+        return
+    try:
+        spec = get_model_spec(name)
+    except FoodAssetsError:
+        loaded.cam_note = f"Grad-CAM is off: `{name}` is not in this version's model registry."
+        return
+    if not spec.cam_layer:
+        loaded.cam_note = f"Grad-CAM is off: `{name}` has no Grad-CAM layer in its registry entry."
+        return
+    from food_assets.ml.models.bundle import load_bundle
+
+    model, card = load_bundle(loaded.entry.bundle_dir)
+    missing = set(loaded.predictor.class_names) - set(card.class_names)
+    if missing:
+        # A stale ONNX export next to a retrained bundle: explaining the wrong classes misleads.
+        loaded.cam_note = (
+            f"Grad-CAM is off: the bundle and the ONNX export of `{name}` disagree on the "
+            f"classes; re-materialize `onnx_{name}`."
+        )
+        return
+    # Only the activations need gradients (compute_cams makes the input require them): frozen
+    # weights skip every weight gradient in the backward pass, about a third of a request's time.
+    model.requires_grad_(False)
+    loaded.cam_model = model
+    loaded.cam_layer = resolve_cam_layer(model, spec.cam_layer)
+    loaded.cam_reshape = spec.cam_reshape
+    loaded.cam_preprocess = card.preprocess
+    loaded.cam_class_index = {c: i for i, c in enumerate(card.class_names)}
+
+
+def _accuracy(entry: MaterializedModel) -> float | None:
+    """Test top-1 accuracy from the evaluation's metrics.json, else from the bundle's card."""
+    acc = entry.metrics.get("test/acc_top1")
+    if acc is None and entry.bundle_dir is not None:
+        # The evaluation asset copies it into card.json too; read as plain JSON (no torch).
+        try:
+            card = json.loads((entry.bundle_dir / "card.json").read_text())
+            acc = (card.get("metrics") or {}).get("test/acc_top1")
+        except (OSError, ValueError, AttributeError):
+            acc = None  # an unreadable card only loses the accuracy line
+    try:
+        return float(acc) if acc is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class DemoService:
+    """What the page calls: model listing, one load per model, predictions and messages.
+
+    Thread-safe: Gradio runs handlers in a thread pool.
+
+    Args:
+        data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
+        max_upload_mb: larger uploads are refused with a message.
+        default_model: a materialized model name, or a path to a bundle folder / `.onnx` file;
+            None: the materialized model with the best test accuracy.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        max_upload_mb: float = 10.0,
+        default_model: str | None = None,
+    ) -> None:
+        if max_upload_mb <= 0:
+            from food_assets.ml.errors import ConfigError
+
+            raise ConfigError(f"max_upload_mb must be positive, not {max_upload_mb}")
+        self.root = catalog.data_dir(data_dir)
+        self.max_upload_mb = float(max_upload_mb)
+        self.load_count = 0
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._extra: dict[str, MaterializedModel] = {}
+        self.default_model = self._resolve_default(default_model)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def _resolve_default(self, model: str | None) -> str | None:
+        names = self.model_names()
+        if model is None:
+            return self.best_model()
+        if model in names:
+            return model
+        path = Path(model).expanduser()
+        if path.exists():
+            entry = _entry_for_path(path.resolve())
+            self._extra[entry.name] = entry
+            return entry.name
+        from food_assets.ml.errors import UnknownModelError
+
+        known = ", ".join(names) or "none yet"
+        raise UnknownModelError(
+            f"model {model!r} is not materialized under {self.root}/artifacts (materialized: "
+            f"{known}); train it with `food-assets train {model}` or `make run`, or pass the "
+            "path of a bundle folder or .onnx file"
+        )
+
+    def models(self) -> dict[str, MaterializedModel]:
+        """Materialized models by name, read from disk each time (new runs show up on reload)."""
+        found = {m.name: m for m in catalog.list_materialized(self.root)}
+        return {**found, **self._extra}
+
+    def model_names(self) -> list[str]:
+        return list(self.models())
+
+    def best_model(self) -> str | None:
+        """The materialized model with the best test accuracy; unevaluated ones come last."""
+        models = self.models()
+        if not models:
+            return None
+
+        def key(name: str) -> tuple[float, str]:
+            acc = _accuracy(models[name])
+            return (-acc if acc is not None else 1.0, name)  # 1.0 sorts after any -accuracy
+
+        return min(models, key=key)
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model, loading it on first use only."""
+        with self._lock:
+            loaded = self._loaded.get(name)
+            if loaded is not None:
+                return loaded
+            entry = self.models().get(name)
+            if entry is None:
+                from food_assets.ml.errors import UnknownModelError
+
+                raise UnknownModelError(f"model {name!r} is not materialized under {self.root}")
+            # Under the lock on purpose: two first requests must not load a 100 MB model twice.
+            loaded = load_model(entry)
+            self.load_count += 1
+            self._loaded[name] = loaded
+            return loaded
+
+    def describe(self, name: str | None) -> str:
+        """Markdown: the model's name, the file that answers, test accuracy if known."""
+        if not name:
+            return ""
+        entry = self.models().get(name)
+        if entry is None:
+            return f"Model `{name}` is no longer on disk."
+        loaded = self._loaded.get(name)
+        source = loaded.source if loaded else entry.best_path
+        kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
+        label = loaded.name if loaded else name
+        lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{source}`"]
+        acc = _accuracy(entry)
+        lines.append(
+            f"**Test top-1 accuracy:** {acc:.1%}" if acc is not None else
+            "**Test top-1 accuracy:** unknown (materialize `evaluation_" + label + "`)"
+        )  # fmt: skip
+        if loaded is not None and loaded.cam_note:
+            lines.append(f"_{loaded.cam_note}_")
+        return "  \n".join(lines)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def no_model_message(self) -> str:
+        return NO_MODEL_MESSAGE.format(root=self.root)
+
+    def predict(self, file: str | os.PathLike[str] | None, model_name: str | None) -> DemoResult:
+        """Classify one uploaded file; never raises for a bad upload or a failing model."""
+        from food_assets.ml.data.images import ImageDecodeError, open_image
+        from food_assets.ml.errors import FoodAssetsError
+
+        names = self.model_names()
+        if not names:
+            return DemoResult(message=self.no_model_message())
+        name = model_name or self.default_model or names[0]
+        if file is None:
+            return DemoResult(info=self.describe(name))
+        path = Path(file)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            return DemoResult(message=f"**Could not read the upload:** {exc.strerror or exc}.")
+        if size > self.max_upload_mb * MIB:
+            return DemoResult(
+                info=self.describe(name),
+                message=(
+                    f"**File too large:** {path.name} is {size / MIB:.1f} MB; the limit is "
+                    f"{self.max_upload_mb:g} MB. Upload a smaller photo."
+                ),
+            )
+        try:
+            loaded = self.get(name)
+        except FoodAssetsError as exc:
+            return DemoResult(message=f"**Could not load model `{name}`:** {exc}")
+        try:
+            # draft_size: libjpeg decodes a 12 MP phone photo at 1/4 scale when that is enough.
+            image = open_image(path, draft_size=loaded.predictor.preprocess.input_size)
+        except ImageDecodeError as exc:
+            detail = f" ({exc.detail})" if exc.detail and exc.reason != "not an image" else ""
+            return DemoResult(
+                info=self.describe(name),
+                message=(
+                    f"**Not a usable image:** {path.name}: {exc.reason}{detail}. "
+                    "Upload a JPEG, PNG, WebP, BMP, GIF or TIFF photo."
+                ),
+            )
+        try:
+            return self._classify(loaded, image, name)
+        except Exception as exc:  # keep serving whatever a model does; the log has the traceback
+            log.exception("prediction with %s failed", name)
+            return DemoResult(
+                info=self.describe(name),
+                message=f"**Prediction failed:** {type(exc).__name__}: {exc}",
+            )
+
+    def _classify(self, loaded: LoadedModel, image: Image.Image, name: str) -> DemoResult:
+        import numpy as np
+
+        probs = loaded.predictor.predict_images([image])[0]
+        k = min(TOP_K, len(probs))
+        order = np.argsort(-probs, kind="stable")[:k]
+        classes = loaded.predictor.class_names
+        top = {classes[i]: float(probs[i]) for i in order}
+        overlay = None
+        if loaded.cam_model is not None:
+            overlay = self._gradcam(loaded, image, loaded.cam_class_index[classes[order[0]]])
+        return DemoResult(top=top, overlay=overlay, info=self.describe(name))
+
+    @staticmethod
+    def _gradcam(loaded: LoadedModel, image: Image.Image, target: int) -> np.ndarray:
+        from food_assets.ml.data.transforms import ImagePipeline, denormalize
+        from food_assets.ml.explain.gradcam import compute_cams, overlay
+
+        pre = loaded.cam_preprocess
+        x = ImagePipeline(pre, train=False).from_image(image).unsqueeze(0)
+        with loaded.cam_lock:
+            cams = compute_cams(
+                loaded.cam_model, loaded.cam_layer, x, [target], loaded.cam_reshape, batch_size=1
+            )
+        rgb = denormalize(x[0], pre).permute(1, 2, 0).numpy()
+        heat = overlay(rgb, cams[0])
+        if min(heat.shape[:2]) < OVERLAY_MIN_PX:
+            import numpy as np
+            from PIL import Image
+
+            scale = OVERLAY_MIN_PX / min(heat.shape[:2])
+            size = (round(heat.shape[1] * scale), round(heat.shape[0] * scale))
+            heat = np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
+        return heat
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def _message_box(message: str) -> str:
+    return f"⚠️ {message}" if message else ""
+
+
+def build_app(
+    model: str | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_upload_mb: float = 10.0,
+) -> gr.Blocks:
+    """The demo page.
+
+    Args:
+        model: preselected model: a materialized name (`custom_cnn`) or a path to a bundle
+            folder / `.onnx` file; None picks the materialized model with the best test accuracy.
+        data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
+        max_upload_mb: uploads above this size get a message instead of a prediction.
+
+    Returns:
+        The Blocks app; its `DemoService` is at `app.demo_service`. The `predict` API endpoint
+        takes `(file, model_name)` and returns `(top-3 label, overlay, model info, message)`.
+
+    Raises:
+        UnknownModelError: `model` is neither materialized nor an existing path.
+    """
+    # No usage statistics leave the machine (the build machines have no internet anyway).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    service = DemoService(data_dir, max_upload_mb=max_upload_mb, default_model=model)
+    # Examples live inside the installed package, outside Gradio's default allowed folders.
+    gr.set_static_paths([STATIC_DIR])
+
+    def on_predict(file: str | None, model_name: str | None):
+        result = service.predict(file, model_name)
+        if result.message and service.model_names():
+            # A toast as well as the box: the box may be scrolled out of view on a phone.
+            gr.Warning(result.message.replace("**", ""), duration=8, title="Cannot classify")
+        return (
+            result.top or None,
+            result.overlay,
+            result.info,
+            _message_box(result.message),
+        )
+
+    def on_load():
+        names = service.model_names()
+        value = service.default_model if service.default_model in names else None
+        value = value or (names[0] if names else None)
+        return (
+            gr.Dropdown(choices=names, value=value, interactive=bool(names)),
+            service.describe(value),
+            "" if names else service.no_model_message(),
+        )
+
+    names = service.model_names()
+    with gr.Blocks(title="food_assets demo", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# food_assets: what food is this?\n"
+            "Upload a photo (or pick an example): the model answers with its top-3 classes, "
+            "and Grad-CAM shows where it looked for the top one."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                picker = gr.Dropdown(
+                    choices=names,
+                    value=service.default_model,
+                    label="Model (materialized)",
+                    interactive=bool(names),
+                    elem_id="model-picker",
+                )
+                upload = gr.File(
+                    label=f"Photo (up to {max_upload_mb:g} MB)",
+                    type="filepath",
+                    elem_id="photo-upload",
+                )
+                examples = example_images()
+                if examples:
+                    gr.Examples(
+                        examples=[[str(p)] for p in examples],
+                        inputs=[upload],
+                        label="Examples",
+                    )
+            with gr.Column(scale=1):
+                message = gr.Markdown(
+                    "" if names else service.no_model_message(), elem_id="demo-message"
+                )
+                label = gr.Label(num_top_classes=TOP_K, label="Top-3 classes", elem_id="top3")
+                cam = gr.Image(
+                    label="Grad-CAM (top class)",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="gradcam",
+                )
+                info = gr.Markdown(service.describe(service.default_model), elem_id="model-info")
+        outputs = [label, cam, info, message]
+        upload.change(on_predict, inputs=[upload, picker], outputs=outputs, api_name="predict")
+        picker.change(
+            on_predict, inputs=[upload, picker], outputs=outputs, api_visibility="private"
+        )
+        app.load(on_load, outputs=[picker, info, message], api_visibility="private")
+    app.demo_service = service  # type: ignore[attr-defined]  # for tests and the CLI
+    return app
+
+
+def launch(
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    max_upload_mb: float = 10.0,
+) -> None:
+    """Serve the demo until interrupted (what `food-assets demo` runs).
+
+    Args:
+        model: preselected model name or bundle/ONNX path; None: the best evaluated one.
+        host: interface to bind; `0.0.0.0` exposes it on the network.
+        port: TCP port.
+        share: ask Gradio for a public `*.gradio.live` link (needs internet).
+        max_upload_mb: uploads above this size are refused with a message.
+    """
+    app = build_app(model, max_upload_mb=max_upload_mb)
+    app.queue(default_concurrency_limit=1)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        # Gradio itself refuses anything far above the limit before it reaches the disk; files
+        # just above it still get the service's own, clearer message.
+        max_file_size=int(max(2 * max_upload_mb, max_upload_mb + 1) * MIB),
+        allowed_paths=[str(STATIC_DIR)],
+        ssr_mode=False,
+        show_error=True,
+    )
