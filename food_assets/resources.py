@@ -137,6 +137,8 @@ def food_mlflow(context: dg.InitResourceContext):
     from filelock import FileLock
 
     cfg = context.resource_config
+    run = context.run  # None when an asset is invoked directly (tests, notebooks)
+    _end_stale_runs(run.run_id if run else None)
     uri = cfg.get("mlflow_tracking_uri") or mlflow_tracking_uri()
     lock_dir = Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
     lock = FileLock(str(lock_dir / ".init.lock")) if lock_dir else None
@@ -155,14 +157,6 @@ def food_mlflow(context: dg.InitResourceContext):
         if lock:
             lock.release()
 
-    run = context.run  # None when an asset is invoked directly (tests, notebooks)
-    # dagster-mlflow leaves its parent run active in the process when no end hook ran (an
-    # in-process run that finished or failed): never let the next Dagster run log into it.
-    while (active := mlflow.active_run()) is not None and (
-        run is None or active.data.tags.get("dagster_run_id") != run.run_id
-    ):
-        mlflow.end_run()
-
     class _Context:  # MlFlow reads these attributes only
         log = context.log
         dagster_run = run or SimpleNamespace(job_name="direct_invocation")
@@ -170,6 +164,32 @@ def food_mlflow(context: dg.InitResourceContext):
         resource_config = {**cfg, "mlflow_tracking_uri": uri}
 
     return MlFlow(_Context())
+
+
+def _end_stale_runs(dagster_run_id: str | None) -> None:
+    """End MLflow runs left active in this process by an earlier Dagster run.
+
+    dagster-mlflow leaves its parent run active when no end hook ran (an in-process run that
+    finished or failed); the next Dagster run must not log into it. Runs end against the store
+    they belong to (the tracking URI is still the previous one here); one that store no longer
+    knows is simply dropped from MLflow's active-run stack.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    while (active := mlflow.active_run()) is not None:
+        if dagster_run_id and active.data.tags.get("dagster_run_id") == dagster_run_id:
+            return
+        try:
+            mlflow.end_run()
+        except MlflowException:
+            from mlflow.tracking import fluent
+
+            stack = fluent._active_run_stack.get()  # no public API drops a run it cannot end
+            if stack:
+                stack.pop()
+            else:
+                return
 
 
 def default_resources(data_dir: str | None = None) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster_mlflow import end_mlflow_on_run_finished
 
 #: Every trained model (and the data it needs).
 train_all_job = dg.define_asset_job(
     "train_all",
     selection=dg.AssetSelection.groups("models").upstream(),
     description="Materialize the data assets and every model_* asset.",
+    # Closes the Dagster run's parent MLflow run (dagster-mlflow leaves it open otherwise).
+    hooks={end_mlflow_on_run_finished},
 )
 
 #: Re-run evaluation (and its checks) on the latest checkpoints; a failing check fails the run.
@@ -16,6 +19,7 @@ reevaluate_job = dg.define_asset_job(
     "reevaluate",
     selection=dg.AssetSelection.groups("evaluation"),
     description="Re-evaluate the latest checkpoints and rebuild the comparison; checks included.",
+    hooks={end_mlflow_on_run_finished},
 )
 
 #: Nightly at 03:00 UTC; stopped by default, switch it on in the UI (Automation -> Schedules).

@@ -222,7 +222,12 @@ def test_demo_in_chromium(browser, demo_url: str, materialized, tmp_path: Path) 
     bad.write_text("this is not a photo")
     _upload(browser, bad)
     _wait_text(browser, ["Not a usable image", "notes.jpg"])
-    assert "Not a usable image" in browser.find_element(By.ID, "demo-message").text
+    # The toast may show the text before the message box re-renders: wait for the box itself.
+    _wait(
+        browser,
+        lambda d: "Not a usable image" in d.find_element(By.ID, "demo-message").text,
+        "the message box",
+    )
     assert _classes_shown(browser) == []
     toast = _wait(
         browser,
