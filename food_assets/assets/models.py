@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from food_assets.assets._common import md_image, md_table, plain, skipped_output, user_errors
@@ -207,6 +208,9 @@ def _fit_metadata(result: FitResult, run: Any, spec: ModelSpec) -> dict[str, Any
     for k, v in result.metadata.items():
         if isinstance(v, (int, float, str, Path)) or v is None:
             meta[k] = plain(v)
+        elif isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            # Tables such as CLIP's per-template accuracies or the k-shot curve.
+            meta[k] = md_table(pd.DataFrame(v), max_rows=50)
     if not result.history.empty:
         meta["history"] = md_table(result.history, max_rows=100)
     for name, path in result.plots.items():
