@@ -213,8 +213,14 @@ def test_demo_in_chromium(browser, demo_url: str, materialized, tmp_path: Path) 
     overlay = _wait(browser, _overlay_images, "the Grad-CAM overlay image")
     assert set(_classes_shown(browser)) <= set(card.class_names)
     _wait(browser, lambda d: overlay[0].get_attribute("naturalWidth") not in (None, "0"), "pixels")
-    info = browser.find_element(By.ID, "model-info").text
-    assert "ONNX Runtime" in info and "Test top-1 accuracy" in info
+    _wait(
+        browser,
+        lambda d: (
+            "ONNX Runtime" in (t := d.find_element(By.ID, "model-info").text)
+            and "Test top-1 accuracy" in t
+        ),
+        "the model info",
+    )
     _screenshot(browser, tmp_path, "demo_prediction")
 
     # Not an image: the message in the page, no classes, and the app still answers afterwards.
@@ -229,12 +235,16 @@ def test_demo_in_chromium(browser, demo_url: str, materialized, tmp_path: Path) 
         "the message box",
     )
     assert _classes_shown(browser) == []
-    toast = _wait(
+    # A toast element can exist before its text renders: wait for one that says it.
+    _wait(
         browser,
-        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]"),
+        lambda d: [
+            t
+            for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")
+            if "Not a usable image" in t.text
+        ],
         "the warning toast",
     )
-    assert "Not a usable image" in toast[0].text
     _screenshot(browser, tmp_path, "demo_bad_file")
     for close in browser.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):
         try:
