@@ -106,3 +106,21 @@ def graph_run(tmp_path_factory):
         "instance": instance,
         "resources": resources,
     }
+
+
+@pytest.fixture
+def mlflow_isolated():
+    """dagster-mlflow leaves its parent run active in the process after an in-process run; end
+    it (before and after) so that the next run, against another store, does not nest under it
+    ("Run with id=... not found")."""
+    import mlflow
+
+    def end_all() -> None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+    before = mlflow.get_tracking_uri()
+    end_all()
+    yield
+    end_all()
+    mlflow.set_tracking_uri(before)

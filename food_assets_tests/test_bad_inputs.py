@@ -11,7 +11,7 @@ import io
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,30 +25,8 @@ from PIL import Image
 from food_assets.ml.errors import FoodAssetsError
 from food_assets_tests.conftest import tiny_run_config
 
-pytestmark = [
-    # Lightning 2.6's own _pytree helper calls a torch 2.14 API that warns; not our code.
-    pytest.mark.filterwarnings(
-        r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
-    ),
-]
-
-
-@pytest.fixture(autouse=True)
-def _mlflow_isolated() -> Iterator[None]:
-    """dagster-mlflow leaves its parent run active in the process after an in-process run; end
-    it (before and after) so that the next run, against another store, does not nest under it
-    ("Run with id=... not found")."""
-    import mlflow
-
-    def end_all() -> None:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-
-    before = mlflow.get_tracking_uri()
-    end_all()
-    yield
-    end_all()
-    mlflow.set_tracking_uri(before)
+# MLflow state is process-wide: each test starts and ends with no active run (conftest.py).
+pytestmark = [pytest.mark.usefixtures("mlflow_isolated")]
 
 
 @dataclass
