@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -66,6 +67,7 @@ def open_image(
     *,
     draft_size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Open, fully decode and normalise an image to RGB.
 
@@ -74,6 +76,9 @@ def open_image(
         draft_size: the smallest side the caller needs. For JPEGs libjpeg then decodes at the
             largest 1/2, 1/4 or 1/8 scale that still keeps both sides at least this large.
         max_pixels: images with more pixels are refused as decompression bombs.
+        data: the file's bytes, when the caller has read them already; `path` then only names
+            the image in errors. The scan reads each file once, behind its file-type guards, so
+            that a file swapped or chmod-ed mid-scan cannot be reopened here as something else.
 
     Raises:
         ImageDecodeError: with a short reason (`empty file`, `not an image`, `truncated or
@@ -81,7 +86,7 @@ def open_image(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size if data is None else len(data)
     except OSError as exc:
         raise ImageDecodeError(path, "unreadable", exc.strerror or str(exc)) from exc
     if size == 0:
@@ -89,7 +94,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(

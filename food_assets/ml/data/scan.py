@@ -1,13 +1,31 @@
-"""Scan a listing: decode every image fully, hash it, and quarantine what cannot be used."""
+"""Scan a listing: decode every image fully, hash it, and quarantine what cannot be used.
+
+A scan never stops on one entry: each listed path ends in the manifest or in quarantine with a
+short `reason` tag and a human `detail`. The tags:
+
+- `not a regular file`: a folder, fifo, socket or device (the detail says which, and whether a
+  symlink led there). Such an entry is never opened: opening a fifo blocks until a writer
+  comes, and opening a device can have side effects.
+- `dangling symlink`: a symlink whose target does not exist.
+- `symlink loop`: a symlink that leads back to itself.
+- `missing`: listed, but not on disk when read (deleted mid-scan, or a Food-101 meta line
+  with no image).
+- `permission denied`: the OS refused to open it (or to list it, for a folder).
+- `unreadable`: any other OS error while reading (an I/O error, say).
+- From decoding (`images.open_image`): `empty file`, `not an image`, `truncated or corrupt`,
+  `decompression bomb`.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from PIL import Image
@@ -42,20 +60,76 @@ class ScanResult:
         return len(self.quarantine) / total if total else 0.0
 
 
+def _os_error(path: str, exc: OSError) -> dict[str, str]:
+    """The quarantine reason for an OS error met while statting, opening or reading `path`."""
+    if exc.errno == errno.ELOOP:
+        return {"reason": "symlink loop", "detail": exc.strerror or str(exc)}
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        try:  # the entry itself is there: a symlink to nothing
+            target = os.readlink(path)
+        except OSError:  # no link (or it vanished too): the path itself is gone
+            return {"reason": "missing", "detail": "not on disk when read"}
+        return {"reason": "dangling symlink", "detail": f"points to {target}, which is not there"}
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return {"reason": "permission denied", "detail": exc.strerror or str(exc)}
+    return {"reason": "unreadable", "detail": exc.strerror or str(exc)}
+
+
+def _not_regular(path: str, mode: int) -> dict[str, str]:
+    """The quarantine reason for a folder, fifo, socket or device at `path` (never opened)."""
+    if stat.S_ISDIR(mode):
+        try:  # a folder the listing could not walk into: say why
+            with os.scandir(path):
+                pass
+        except OSError as exc:
+            return _os_error(path, exc)
+        kind = "a folder"
+    elif stat.S_ISFIFO(mode):
+        kind = "a fifo (named pipe)"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "not a file"
+    via = ", reached through a symlink (not followed)" if os.path.islink(path) else ""
+    return {"reason": "not a regular file", "detail": kind + via}
+
+
+def _read_file(path: str) -> bytes | dict[str, str]:
+    """The bytes of the regular file at `path`, or the quarantine reason why there are none.
+
+    `stat` first, so a fifo or device is never opened; then O_NONBLOCK and `fstat` on the open
+    file, so an entry swapped for a fifo between the two calls cannot block the scan either.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return _not_regular(path, info.st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return _not_regular(path, info.st_mode)
+            return f.read()
+    except OSError as exc:
+        return _os_error(path, exc)
+
+
 def _probe(path: str, max_pixels: int) -> dict:
     """Hash the bytes and decode fully; returns the manifest fields or a quarantine reason."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return {"reason": "unreadable", "detail": exc.strerror or str(exc)}
+    data = _read_file(path)
+    if isinstance(data, dict):
+        return data
     sha = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(path) as raw:  # header only: the original mode and format
+        with Image.open(io.BytesIO(data)) as raw:  # header only: the original mode and format
             mode, fmt = raw.mode, raw.format or ""
     except Exception:
         mode, fmt = "", ""
     try:
-        img = open_image(path, max_pixels=max_pixels)
+        # Decode the bytes read above: reopening `path` could meet a different file by now.
+        img = open_image(path, max_pixels=max_pixels, data=data)
     except ImageDecodeError as exc:
         return {"reason": exc.reason, "detail": exc.detail}
     return {"width": img.width, "height": img.height, "mode": mode, "format": fmt, "sha256": sha}

@@ -2,6 +2,10 @@
 
 - `sample`: the embedded synthetic set (`ml/data/sample.py`), generated on the spot.
 - `imagefolder`: any `root/<class>/<image>` tree (images may sit in sub-folders of a class).
+  Listing opens no file and enters no symlink: every entry that is not a plain sub-folder (a
+  fifo, a broken or looping symlink, a symlink to a folder, a folder that cannot be listed)
+  is listed as is, and the scan quarantines it with its reason (see `scan.py`). A folder named
+  like an image (`x.jpg/`) is an ordinary sub-folder and is walked into.
 - `food101`: torchvision's Food-101 layout (`images/<class>/<id>.jpg`, `meta/train.txt`,
   `meta/test.txt`); a local copy is used as is, a download happens only when asked.
 """
@@ -35,6 +39,52 @@ def _hidden(rel_parts: tuple[str, ...]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in rel_parts)
 
 
+def _own_path(path: Path) -> str:
+    """`path` made canonical up to its parent, so a symlink keeps its own name.
+
+    os.path.realpath (not strict) never raises, even on a looping parent.
+    """
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _listed_path(path: Path) -> str:
+    """The canonical path of an entry; an entry that does not resolve keeps its own name.
+
+    `resolve` raises on a symlink loop (RuntimeError up to Python 3.12) and, strict, on a
+    dangling symlink; keeping the link's own path lets the scan say which it is, instead of the
+    listing crashing (loop) or naming a target that is not there (dangling).
+    """
+    try:
+        return str(path.resolve(strict=True))
+    except (OSError, RuntimeError):
+        return _own_path(path)
+
+
+def _list_class(root: Path, class_dir: Path) -> tuple[list[str], list[str]]:
+    """Every entry under one class folder, for the scan to judge; and the hidden ones skipped.
+
+    Symlinked sub-folders are listed, not entered (a link to an ancestor would walk forever);
+    a sub-folder that cannot be listed (permission denied, vanished) is listed itself, so the
+    scan reports it instead of its images silently going missing.
+    """
+    entries: list[str] = []
+    hidden: list[str] = []
+    unlistable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unlistable.append):
+        rel = Path(dirpath).relative_to(root).parts
+        links = {d for d in dirnames if os.path.islink(os.path.join(dirpath, d))}
+        dirnames[:] = sorted(set(dirnames) - links)
+        for name in sorted([*filenames, *links]):
+            path = Path(dirpath) / name
+            if _hidden(rel + (name,)):
+                hidden.append(str(path))
+                continue
+            # A symlinked folder keeps its own name: the scan reports the link, not its target.
+            entries.append(_own_path(path) if name in links else _listed_path(path))
+    entries += [_listed_path(Path(exc.filename)) for exc in unlistable]
+    return entries, hidden
+
+
 def list_imagefolder(root: str | Path) -> SourceListing:
     """List `root/<class>/**/<file>`; hidden files and folders are skipped (and reported)."""
     root = Path(root).expanduser()
@@ -51,15 +101,9 @@ def list_imagefolder(root: str | Path) -> SourceListing:
         if _hidden((class_dir.name,)):
             hidden.append(str(class_dir))
             continue
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            rel = Path(dirpath).relative_to(root).parts
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if _hidden(rel + (name,)):
-                    hidden.append(str(path))
-                    continue
-                rows.append((str(path.resolve()), class_dir.name))
+        entries, skipped = _list_class(root, class_dir)
+        rows += [(path, class_dir.name) for path in entries]
+        hidden += skipped
     if not rows:
         detail = "no class folders" if not class_dirs else "class folders hold no files"
         raise DataSourceError(
@@ -124,8 +168,8 @@ def list_food101(root: str | Path, *, download: bool = False) -> SourceListing:
             if not line:
                 continue
             label = line.split("/", 1)[0]
-            path = base / "images" / f"{line}.jpg"
-            rows.append((str(path.resolve()), label, split))
+            # Not checked here: a missing image, a fifo or a folder is quarantined by the scan.
+            rows.append((_listed_path(base / "images" / f"{line}.jpg"), label, split))
     files = pd.DataFrame(rows, columns=["path", "label", "source_split"])
     for col in LISTING_COLUMNS[3:]:
         files[col] = float("nan")
