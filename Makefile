@@ -1,10 +1,11 @@
 # The two commands of the README.
 #   make run   set up .venv, then materialize the whole asset graph on the embedded sample (offline)
 #   make test  set up .venv, then run the test suite
+# The inner loop: make test-fast (the tests not marked slow, under 2 minutes on 2 cores).
 export DAGSTER_HOME := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test ui lint bench
+.PHONY: setup run test test-fast ui lint bench
 
 setup:
 	@bash scripts/setup.sh
@@ -15,12 +16,16 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest
 
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow" -q
+
 ui: setup
 	.venv/bin/dagster dev -w workspace.yaml
 
 lint:
 	.venv/bin/ruff check food_assets food_assets_tests benchmarks
 	.venv/bin/ruff format --check food_assets food_assets_tests benchmarks
+	.venv/bin/lint-imports
 
 bench:
 	.venv/bin/python benchmarks/data_loading.py

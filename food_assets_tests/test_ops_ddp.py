@@ -37,8 +37,8 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> SplitManifest:
 
 def _cfg(batch_size: int = 5) -> TrainConfig:
     # 18 train images: 9 per rank under DDP; batch 5 leaves no trailing batch of one. (Batch 4
-    # would leave one image per rank, which BatchNorm rejects: SplitDataModule checks the
-    # global length, not the per-rank one; see docs/operations.md, known issues.)
+    # would leave one image per rank; SplitDataModule drops such a batch per rank, see
+    # test_ops_fixed_issues.py.)
     return TrainConfig(
         mode="scratch", epochs=1, batch_size=batch_size, lr=3e-3, image_size=32, num_workers=0,
         warmup_epochs=0, weight_decay=0.0, early_stopping_patience=None,
