@@ -359,7 +359,7 @@ class DemoService:
     @staticmethod
     def _gradcam(loaded: LoadedModel, image: Image.Image, target: int) -> np.ndarray:
         from food_assets.ml.data.transforms import ImagePipeline, denormalize
-        from food_assets.ml.explain.gradcam import compute_cams, overlay
+        from food_assets.ml.explain import compute_cams, overlay
 
         pre = loaded.cam_preprocess
         x = ImagePipeline(pre, train=False).from_image(image).unsqueeze(0)

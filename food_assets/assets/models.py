@@ -293,11 +293,11 @@ def build_model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
                         context, spec, config, food_splits, out_dir, compute.compute_config(), run
                     )
                 elif spec.family == "zero_shot":
-                    from food_assets.ml.models.clip_fit import fit_clip_zero_shot
+                    from food_assets.ml.models.clip import fit_clip_zero_shot
 
                     result = fit_clip_zero_shot(food_splits, clip_cfg, out_dir)
                 else:
-                    from food_assets.ml.models.clip_fit import fit_clip_linear_probe
+                    from food_assets.ml.models.clip import fit_clip_linear_probe
 
                     result = fit_clip_linear_probe(
                         food_splits,

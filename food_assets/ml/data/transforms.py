@@ -52,6 +52,44 @@ class Preprocess:
         return cls(**d)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def validate_preprocess(d: Any, bad: Callable[[str], Exception]) -> Preprocess:
+    """A `Preprocess` from untrusted JSON: exact fields, sane types and ranges.
+
+    Model cards (`ml/models/bundle.py`) and ONNX metadata (`ml/export/metadata.py`) both store a
+    `Preprocess` as JSON and read it back through this. `bad(message)` makes the exception
+    raised, so each caller reports the problem in its own terms.
+    """
+    fields = set(Preprocess.__dataclass_fields__)
+    if not isinstance(d, dict) or set(d) != fields:
+        raise bad(f"preprocess must be an object with exactly the fields {sorted(fields)}")
+    size = d["input_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise bad(f"preprocess.input_size must be an integer in [8, 4096] (got {size!r})")
+    for key in ("mean", "std"):
+        v = d[key]
+        if (
+            not isinstance(v, list | tuple)
+            or len(v) != 3
+            or not all(_is_num(x) and math.isfinite(x) for x in v)
+        ):
+            raise bad(f"preprocess.{key} must be a list of 3 numbers (got {v!r})")
+    if not all(x > 0 for x in d["std"]):
+        raise bad("preprocess.std must be positive")
+    if d["interpolation"] not in INTERPOLATIONS:
+        raise bad(f"preprocess.interpolation must be one of {INTERPOLATIONS}")
+    crop = d["crop_pct"]
+    if not _is_num(crop) or not 0.05 <= crop <= 2.0:
+        raise bad(f"preprocess.crop_pct must be a number in [0.05, 2] (got {crop!r})")
+    return Preprocess.from_dict(d)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def _interp(name: str):
     from torchvision.transforms import InterpolationMode
 

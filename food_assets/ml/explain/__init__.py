@@ -1,15 +1,17 @@
-"""Grad-CAM galleries and the sanity checks that say whether a CAM is about the object."""
+"""Grad-CAM galleries and the sanity checks that say whether a CAM is about the object.
 
-from food_assets.ml.explain.gradcam import (
-    GradcamResult,
-    GradcamTile,
-    build_gradcam_report,
-    compute_cams,
-    open_gradcam,
-    overlay,
-    render_gallery,
-    tile_boxes,
-)
+| module | what |
+|---|---|
+| `cams.py` | `compute_cams`, `open_gradcam`: CAM maps, the library's hooks always released |
+| `rendering.py` | `overlay`, `render_gallery`, `tile_boxes`: the heat map and the gallery PNG |
+| `sampling.py` | which images a report shows: the pool, its predictions, the picks |
+| `sanity.py` | pointing game and deletion test |
+| `report.py` | `build_gradcam_report` (settings: `GradcamOptions`): the report folder |
+"""
+
+from food_assets.ml.explain.cams import compute_cams, open_gradcam
+from food_assets.ml.explain.rendering import GradcamTile, overlay, render_gallery, tile_boxes
+from food_assets.ml.explain.report import GradcamOptions, GradcamResult, build_gradcam_report
 from food_assets.ml.explain.sanity import (
     deletion_test,
     map_box_to_input,
@@ -20,6 +22,7 @@ from food_assets.ml.explain.sanity import (
 )
 
 __all__ = [
+    "GradcamOptions",
     "GradcamResult",
     "GradcamTile",
     "build_gradcam_report",

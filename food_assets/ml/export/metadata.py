@@ -4,6 +4,10 @@ The ONNX file is self-contained for inference: `metadata_props` hold the class n
 preprocessing, the calibration temperature and the model name, plus a SHA-256 of the graph so a
 file whose weights were altered after export (bit rot, a bad copy, tampering) is refused at load
 instead of giving quietly wrong answers.
+
+Direction of imports: `ml.export` imports `ml.models` (it exports models; `onnx_export` reads the
+`ModelCard`), never the reverse. The preprocess schema both sides check lives with `Preprocess`
+(`ml/data/transforms.py`: `validate_preprocess`, re-exported here).
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from food_assets.ml.data.transforms import Preprocess
+from food_assets.ml.data.transforms import INTERPOLATIONS as INTERPOLATIONS  # re-exported
+from food_assets.ml.data.transforms import Preprocess, validate_preprocess
 from food_assets.ml.errors import CheckpointError
 
 METADATA_VERSION = 1
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # metadata_props keys
 K_VERSION = "food_assets.metadata_version"
 K_MODEL = "food_assets.model_name"
@@ -87,36 +91,6 @@ def _json(text: str, bad: Any, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise bad(f"{what} is not valid JSON ({exc.msg})") from None
-
-
-def validate_preprocess(d: Any, bad: Any) -> Preprocess:
-    """A `Preprocess` from untrusted JSON: exact fields, sane types and ranges."""
-    fields = set(Preprocess.__dataclass_fields__)
-    if not isinstance(d, dict) or set(d) != fields:
-        raise bad(f"preprocess must be an object with exactly the fields {sorted(fields)}")
-    size = d["input_size"]
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
-        raise bad(f"preprocess.input_size must be an integer in [8, 4096] (got {size!r})")
-    for key in ("mean", "std"):
-        v = d[key]
-        if (
-            not isinstance(v, list | tuple)
-            or len(v) != 3
-            or not all(_is_num(x) and math.isfinite(x) for x in v)
-        ):
-            raise bad(f"preprocess.{key} must be a list of 3 numbers (got {v!r})")
-    if not all(x > 0 for x in d["std"]):
-        raise bad("preprocess.std must be positive")
-    if d["interpolation"] not in INTERPOLATIONS:
-        raise bad(f"preprocess.interpolation must be one of {INTERPOLATIONS}")
-    crop = d["crop_pct"]
-    if not _is_num(crop) or not 0.05 <= crop <= 2.0:
-        raise bad(f"preprocess.crop_pct must be a number in [0.05, 2] (got {crop!r})")
-    return Preprocess.from_dict(d)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def graph_sha256(graph: Any) -> str:

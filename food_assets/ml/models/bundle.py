@@ -3,6 +3,10 @@
 `model.safetensors` holds the state dict (loading it executes no code, so a bundle from an
 untrusted place is safe to open) and `card.json` holds what inference needs: class names,
 preprocessing, how to rebuild the network, the calibration temperature.
+
+`ml.models` does not import `ml.export` (an import-linter contract): the exporter reads
+`ModelCard` from here, and the card's preprocess schema lives with `Preprocess` in
+`ml/data/transforms.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from food_assets.ml.artifacts import atomic_dir
-from food_assets.ml.data.transforms import Preprocess
+from food_assets.ml.data.transforms import Preprocess, validate_preprocess
 from food_assets.ml.errors import CheckpointError
 
 CARD_VERSION = 1
@@ -67,8 +71,6 @@ class ModelCard:
         if not isinstance(build_kwargs, dict) or not all(isinstance(k, str) for k in build_kwargs):
             raise CheckpointError("card.json: build_kwargs must be an object with string keys")
         try:
-            from food_assets.ml.export.metadata import validate_preprocess
-
             pre = validate_preprocess(d["preprocess"], CheckpointError)
             temperature = float(d.get("temperature", 1.0))
             metrics = {str(k): float(v) for k, v in (d.get("metrics") or {}).items()}

