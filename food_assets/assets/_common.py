@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from food_assets.ml.errors import FoodAssetsError
+from food_assets.ml.quality import CheckOutcome
 
 
 @contextlib.contextmanager
@@ -49,6 +50,38 @@ def plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         return value.item()
     return value
+
+
+#: How every check that evaluated nothing begins its description.
+NOT_EVALUATED = "not evaluated: "
+
+
+def check_result(
+    outcome: CheckOutcome, *, metadata: dict[str, Any] | None = None, **kwargs: Any
+) -> dg.AssetCheckResult:
+    """A pure check decision (`food_assets.ml.quality`) as Dagster's check result; `kwargs` go
+    to `AssetCheckResult` (check_name, severity)."""
+    return dg.AssetCheckResult(
+        passed=outcome.passed,
+        description=outcome.description,
+        metadata={**outcome.metadata, **(metadata or {})},
+        **kwargs,
+    )
+
+
+def not_evaluated(reason: str, *, check_name: str | None = None) -> dg.AssetCheckResult:
+    """The result of a check that evaluated nothing (its model was skipped, the model has no
+    Grad-CAM layer or no ONNX export). Not a pass: `passed=False`, at WARN severity, which
+    Dagster does not let block downstream assets, so `model_comparison` still runs and lists
+    the skipped model (ADR 0002, ADR 0007). Dagster 1.13 has no "no result" for a declared
+    check: a step that yields none fails."""
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=NOT_EVALUATED + reason,
+        metadata={"evaluated": False, "reason": reason},
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from food_assets.assets._common import Skipped, md_image, md_table, skipped_output, user_errors
+from food_assets.assets._common import (
+    Skipped,
+    md_image,
+    md_table,
+    not_evaluated,
+    skipped_output,
+    user_errors,
+)
 from food_assets.assets.models import TrainedModel
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
@@ -127,14 +134,9 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
         mlflow: dg.ResourceParam[Any],
     ):
         if isinstance(model, Skipped):
-            yield skipped_output(context, name, f"model_{name} was skipped: {model.reason}")
-            yield dg.AssetCheckResult(
-                check_name=ACCURACY_CHECK,
-                passed=True,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=f"not evaluated: {model.reason}",
-                metadata={"skipped": True},
-            )
+            reason = f"model_{name} was skipped: {model.reason}"
+            yield skipped_output(context, name, reason)
+            yield not_evaluated(reason, check_name=ACCURACY_CHECK)
             return
         from food_assets.ml.evaluation import check_class_maps, evaluate_model, predict_logits
         from food_assets.ml.models.bundle import load_bundle, save_card

@@ -3,15 +3,23 @@ wrong predictions and per-class tiles, with a sanity measure enforced by `gradca
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
 
-import math
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from food_assets.assets._common import Skipped, md_image, md_table, skipped_output, user_errors
+from food_assets.assets._common import (
+    Skipped,
+    check_result,
+    md_image,
+    md_table,
+    not_evaluated,
+    skipped_output,
+    user_errors,
+)
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
+from food_assets.ml.quality import check_gradcam_sanity
 from food_assets.resources import ArtifactStore
 
 EXPLAIN_GROUP = "explain"
@@ -28,17 +36,20 @@ class GradcamConfig(dg.Config):
     seed: int = 0
 
 
-def sanity_verdict(metrics: dict[str, float]) -> tuple[bool, str]:
-    """Pointing game against its random baseline where boxes are known (the sample source);
-    otherwise the deletion test: removing the top-CAM region must hurt more than a random one."""
-    point = metrics.get("gradcam/pointing_game", math.nan)
-    base = metrics.get("gradcam/pointing_random_expected", math.nan)
-    if point == point and base == base:
-        return point > base, f"pointing game {point:.2f} vs random {base:.2f}"
-    cam, rnd = metrics.get("gradcam/deletion_cam_drop"), metrics.get("gradcam/deletion_random_drop")
-    if cam is None or rnd is None or cam != cam or rnd != rnd:
-        return False, "no sanity figure could be computed"
-    return cam > rnd, f"deletion drop {cam:.3f} (CAM region) vs {rnd:.3f} (random region)"
+def sanity_check_result(metrics: dict[str, float]) -> dg.AssetCheckResult:
+    """`gradcam_sanity` from the report's figures; the decision is
+    `food_assets.ml.quality.check_gradcam_sanity`. WARN: an undertrained model may not localise
+    yet, which is a warning to read, not a broken run."""
+    return check_result(
+        check_gradcam_sanity(metrics),
+        check_name=SANITY_CHECK,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            k.replace("gradcam/", ""): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and v == v
+        },
+    )
 
 
 def build_explain_asset(name: str) -> dg.AssetsDefinition:
@@ -73,14 +84,9 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
             reason = f"{name} has no Grad-CAM target layer in the registry"
         if reason:
             yield skipped_output(context, name, reason)
-            yield dg.AssetCheckResult(
-                check_name=SANITY_CHECK,
-                passed=True,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=f"not computed: {reason}",
-            )
+            yield not_evaluated(reason, check_name=SANITY_CHECK)
             return
-        from food_assets.ml.explain.gradcam import build_gradcam_report
+        from food_assets.ml.explain import build_gradcam_report
         from food_assets.ml.models.bundle import load_bundle
 
         with user_errors():
@@ -112,15 +118,7 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
             max_rows=48,
         )
         yield dg.Output(result.tiles_path, metadata=metadata)
-        passed, description = sanity_verdict(result.metrics)
-        yield dg.AssetCheckResult(
-            check_name=SANITY_CHECK,
-            passed=passed,
-            # An undertrained model may not localise yet: a warning to read, not a broken run.
-            severity=dg.AssetCheckSeverity.WARN,
-            description=description,
-            metadata={k: float(v) for k, v in metadata.items() if isinstance(v, float)},
-        )
+        yield sanity_check_result(result.metrics)
 
     return _gradcam_asset
 

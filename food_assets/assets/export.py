@@ -14,7 +14,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from food_assets.assets._common import Skipped, md_table, skipped_output, user_errors
+from food_assets.assets._common import (
+    Skipped,
+    md_table,
+    not_evaluated,
+    skipped_output,
+    user_errors,
+)
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
@@ -156,10 +162,10 @@ def build_export_asset(name: str) -> list:
     def _parity_check(
         artifact_store: ArtifactStore, quality: QualityGates, food_splits: Any, model: Any
     ) -> dg.AssetCheckResult:
-        if isinstance(model, Skipped) or not spec.onnx:
-            return dg.AssetCheckResult(
-                passed=True, severity=dg.AssetCheckSeverity.WARN, description="not exported"
-            )
+        if isinstance(model, Skipped):
+            return not_evaluated(f"model_{name} was skipped: {model.reason}")
+        if not spec.onnx:
+            return not_evaluated(f"{name} does not support ONNX export")
         from food_assets.ml.errors import FoodAssetsError
 
         path = artifact_store.root / "artifacts" / f"onnx_{name}" / "model.onnx"

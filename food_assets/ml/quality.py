@@ -1,0 +1,121 @@
+"""The decisions behind the asset checks, as pure functions: a frame or figures in, a
+`CheckOutcome` out.
+
+The Dagster checks in `food_assets/assets/` are thin wrappers that turn an outcome into an
+`AssetCheckResult`, so every decision can be tested on bad input here, where no real run could
+produce it (`make_splits` never writes a leaky split; the checks guard against it doing so after
+a change). No Dagster and no MLflow in this module (import-linter contract).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from food_assets.ml.data.splits import SPLITS
+
+#: How many offending names a description lists before it stops.
+MAX_LISTED = 20
+#: How many example paths go into a check's metadata.
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What a check decided.
+
+    Attributes:
+        passed: the condition holds.
+        description: one line for the UI, with the figures the decision used.
+        metadata: numbers and short strings for the check's metadata.
+    """
+
+    passed: bool
+    description: str
+    metadata: dict[str, int | float | str] = field(default_factory=dict)
+
+
+def check_every_class_in_every_split(
+    frame: pd.DataFrame, class_names: Sequence[str], splits: Sequence[str] = SPLITS
+) -> CheckOutcome:
+    """Every class of the class map has at least one image in every split.
+
+    Args:
+        frame: the split manifest (`label` and `split` columns).
+        class_names: the class map the models are trained on.
+        splits: the splits that must each hold every class.
+    """
+    missing = [
+        f"{c} (no {s})"
+        for s in splits
+        for c in sorted(set(class_names) - set(frame.loc[frame["split"] == s, "label"]))
+    ]
+    return CheckOutcome(
+        passed=not missing,
+        description="all classes present"
+        if not missing
+        else "missing: " + ", ".join(missing[:MAX_LISTED]),
+        metadata={"missing": len(missing)},
+    )
+
+
+def check_no_image_in_two_splits(frame: pd.DataFrame) -> CheckOutcome:
+    """No file (`path`) appears in more than one split."""
+    per_path = frame.groupby("path")["split"].nunique()
+    bad = sorted(per_path[per_path > 1].index)
+    return CheckOutcome(
+        passed=not bad,
+        description=f"{len(bad)} image(s) in more than one split",
+        metadata={
+            "images_in_two_splits": len(bad),
+            "examples": ", ".join(bad[:MAX_EXAMPLES]) or "none",
+        },
+    )
+
+
+def check_no_content_leak(frame: pd.DataFrame) -> CheckOutcome:
+    """No test image has the same content (`sha256`) as a train or val image, whatever its path:
+    a copy of a training photo under another name would inflate test accuracy."""
+    seen = set(frame.loc[frame["split"].isin(["train", "val"]), "sha256"])
+    leaked = frame[(frame["split"] == "test") & frame["sha256"].isin(seen)]
+    examples = sorted(leaked["path"])[:MAX_EXAMPLES]
+    return CheckOutcome(
+        passed=leaked.empty,
+        description=f"{len(leaked)} test image(s) identical to a train/val image",
+        metadata={"leaked": len(leaked), "examples": ", ".join(examples) or "none"},
+    )
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def check_gradcam_sanity(metrics: Mapping[str, float]) -> CheckOutcome:
+    """Do the CAMs follow the object? (figures from `build_gradcam_report`)
+
+    Where object boxes are known (the sample source), the pointing game must beat its random
+    baseline; otherwise removing the top-CAM region must lower the predicted class's
+    probability more than removing a random region of the same shape. A tie fails: CAMs that
+    ignore the image (constant maps) score no better than chance. With neither figure the check
+    has evaluated nothing, and says so.
+    """
+    point = metrics.get("gradcam/pointing_game")
+    base = metrics.get("gradcam/pointing_random_expected")
+    if _finite(point) and _finite(base):
+        return CheckOutcome(
+            passed=bool(point > base),
+            description=f"pointing game {point:.2f} vs random {base:.2f}",
+        )
+    cam = metrics.get("gradcam/deletion_cam_drop")
+    rnd = metrics.get("gradcam/deletion_random_drop")
+    if _finite(cam) and _finite(rnd):
+        return CheckOutcome(
+            passed=bool(cam > rnd),
+            description=f"deletion drop {cam:.3f} (CAM region) vs {rnd:.3f} (random region)",
+        )
+    return CheckOutcome(
+        passed=False, description="not evaluated: no sanity figure could be computed"
+    )
