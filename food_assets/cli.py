@@ -838,15 +838,28 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
                 notes.append(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}")
         table.add_row(name, str(data_dir / "artifacts" / name), ", ".join(notes))
     for check in result.get_asset_check_evaluations():
-        status = "passed" if check.passed else "FAILED"
         table.add_row(
-            f"check {check.check_name}", "", f"{status} on {check.asset_key.to_user_string()}"
+            f"check {check.check_name}",
+            "",
+            f"{_check_status(check)} on {check.asset_key.to_user_string()}",
         )
     _stdout_console().print(table)
     typer.echo(f"run id: {run_id}")
     typer.echo(f"{target}: {data_dir / 'artifacts' / target}")
     typer.echo("Dagster UI: `dagster dev -w workspace.yaml` (same DAGSTER_HOME) -> Runs")
     typer.echo(f"MLflow: `mlflow ui --backend-store-uri {mlflow_uri}`")
+
+
+def _check_status(check) -> str:
+    """`passed`, `FAILED`, or, for a WARN failure (a check that evaluated nothing, such as a
+    skipped model's), `warning: <why>` so that it does not read like a broken gate."""
+    import dagster as dg
+
+    if check.passed:
+        return "passed"
+    if check.severity == dg.AssetCheckSeverity.WARN:
+        return f"warning: {check.description or 'failed at WARN severity'}"
+    return "FAILED"
 
 
 # --------------------------------------------------------------------------------------------

@@ -224,12 +224,22 @@ def iter_image_files(
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path]:
-    entries = sorted(root.iterdir(), key=lambda e: e.name)
+    # Symlinked folders are not entered: one `up -> ..` link would list the tree again and
+    # again, two would branch 2^40 ways before the kernel's link limit stops it. Symlinked
+    # files are kept; a folder that cannot be listed is passed over like a hidden one.
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return
     for e in entries:
         if e.name.startswith("."):
             continue
-        if e.is_dir():
-            if recursive:
-                yield from _walk(e, recursive)
-        elif e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS:
-            yield e
+        path = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if recursive:
+                    yield from _walk(path, recursive)
+            elif e.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                yield path
+        except OSError:  # vanished or unreadable while we walk: nothing to predict
+            continue
