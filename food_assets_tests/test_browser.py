@@ -375,7 +375,16 @@ def test_dagster_ui_in_chromium(browser, dagster_ui: str, tmp_path: Path) -> Non
     }
     assert {"every_class_in_every_split", "no_image_in_two_splits"} <= checks["food_splits"]
     assert "accuracy_above_floor" in checks[f"evaluation_{MODEL}"]
-    assert "onnx_parity" in checks.get(f"onnx_{MODEL}", {"onnx_parity"})
+    # A missing asset is a failure (a `.get` default here once passed for any missing node).
+    assert "onnx_parity" in checks[f"onnx_{MODEL}"]
+    # Every check the code location defines is shown, on its asset, and no other.
+    # Breakage tried: the onnx_<name> checks dropped from the served location (fails above).
+    from food_assets.definitions import build_definitions
+
+    expected: dict[str, set[str]] = {}
+    for key in build_definitions().resolve_asset_graph().asset_check_keys:
+        expected.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    assert {k: v for k, v in checks.items() if v} == expected
 
     # Dagster shows a one-time "join the community" dialog over the first page; mark it seen.
     browser.get(f"{dagster_ui}/overview")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -42,16 +43,43 @@ def test_sample_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_sample_boxes_lie_inside_the_image_and_cover_the_object(tmp_path):
-    spec = SampleSpec(num_classes=10, images_per_class=3, image_size=96)
+    """Each saved box is where the painted dish is in the saved JPEG, and about its size.
+
+    The background alone is regenerated from the image's own seed (`_background` draws first
+    from it), so `|image - background|` shows the dish (plus JPEG and blur noise, under 40 grey
+    levels). Breakages tried, each fails this test: boxes.csv rows shifted by 20 px; boxes
+    written twice as large; boxes written from another image.
+    """
+    from food_assets.ml.data.sample import _background
+
+    size = 96
+    spec = SampleSpec(num_classes=10, images_per_class=3, image_size=size)
     folder = generate_sample(tmp_path, spec)
     boxes = read_boxes(folder)
     assert len(boxes) == 30
+    margin = 3  # blur and JPEG ringing reach a pixel or two past the painted edge
     for rel, (x0, y0, x1, y1) in boxes.items():
-        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96
-        assert rel.split("/")[0] in SAMPLE_CLASSES
-    # The object really is where the box says: pixels inside differ more from the border colour.
-    img = open_image(folder / next(iter(boxes)))
-    assert img.size == (96, 96)
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+        cls, index = rel.split("/")[0], int(Path(rel).stem.rsplit("_", 1)[1])
+        assert cls in SAMPLE_CLASSES
+        rng = np.random.default_rng([spec.seed, SAMPLE_CLASSES.index(cls), index])
+        background = np.asarray(_background(rng, size), dtype=np.float32)
+        img = np.asarray(open_image(folder / rel), dtype=np.float32)
+        assert img.shape == (size, size, 3)
+        diff = np.abs(img - background).mean(axis=2)
+        inside = np.zeros(diff.shape, dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        near = np.zeros(diff.shape, dtype=bool)
+        near[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = True
+        painted = diff > 40
+        # Visible: the box differs from the background far more than the rest of the image.
+        assert diff[inside].mean() > 3 * diff[~near].mean(), rel
+        assert painted[inside].mean() > 0.25, rel
+        # Tight: (almost) nothing painted outside it, and the dish spans most of it both ways.
+        assert (painted & ~near).sum() <= 0.01 * painted.sum(), rel
+        ys, xs = np.nonzero(painted & inside)
+        assert (xs.max() - xs.min() + 1) >= 0.7 * (x1 - x0), rel
+        assert (ys.max() - ys.min() + 1) >= 0.7 * (y1 - y0), rel
 
 
 def test_open_image_normalises_modes_and_exif(tmp_path):

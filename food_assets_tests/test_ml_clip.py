@@ -22,7 +22,6 @@ from food_assets.ml.data.dataset import ManifestDataset
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.errors import CheckpointError, ConfigError, WeightsNotFoundError
 from food_assets.ml.models import clip as clip_mod
-from food_assets.ml.models import clip_fit
 from food_assets.ml.models.bundle import load_bundle
 from food_assets.ml.models.clip import (
     DEFAULT_TEMPLATES,
@@ -36,6 +35,7 @@ from food_assets.ml.models.clip import (
     load_clip,
     save_class_embeddings,
 )
+from food_assets.ml.models.clip import fit as clip_fit
 from food_assets.ml.models.registry import create_model, get_model_spec, resolve_cam_layer
 
 TINY_ARCH = "food-assets-test-tiny-vit"
@@ -58,6 +58,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(123)
     model = clip_mod._create_open_clip(TINY_ARCH, checkpoint=None, quick_gelu=False)
     path = tmp_path_factory.mktemp("weights") / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def disagreeing_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Like `tiny_checkpoint`, with a seed whose templates disagree on the val images (seed 123
+    gets 3 of 9 right with every template and the ensemble alike, so a gain or best-single
+    figure computed from the wrong accuracies would still come out right)."""
+    from safetensors.torch import save_file
+
+    clip_mod.register_arch(TINY_ARCH, TINY_CFG)
+    torch.manual_seed(7)
+    model = clip_mod._create_open_clip(TINY_ARCH, checkpoint=None, quick_gelu=False)
+    path = tmp_path_factory.mktemp("weights7") / "tiny_clip.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
 
@@ -267,17 +282,43 @@ def test_class_order_guard(cfg: ClipConfig, splits, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_fit_zero_shot_reports_templates_and_round_trips(cfg: ClipConfig, splits, tmp_path) -> None:
+def test_fit_zero_shot_reports_templates_and_round_trips(
+    cfg: ClipConfig, disagreeing_checkpoint, splits, tmp_path
+) -> None:
+    cfg = dataclasses.replace(cfg, weights=str(disagreeing_checkpoint))
     cache = tmp_path / "features"
     result = clip_fit.fit_clip_zero_shot(splits, cfg, tmp_path / "zs", feature_cache_dir=cache)
     assert result.metadata["feature_cache_hit"] == {"val": False}
     table = pd.DataFrame(result.metadata["template_table"])
     val = table[table["split"] == "val"]
     assert list(val["prompts"]) == [*DEFAULT_TEMPLATES, "ensemble of 4"]
-    assert val["acc_top1"].between(0, 1).all()
-    assert result.metadata["val/acc_top1"] == val["acc_top1"].iloc[-1]
-    assert "val/ensemble_gain_over_best_single" in result.metadata
-    assert result.metadata["templates"] == list(DEFAULT_TEMPLATES)
+    md = result.metadata
+    assert md["val/acc_top1"] == val["acc_top1"].iloc[-1]
+    # The gain is derived from the two accuracies it names; each row's accuracy is recomputed
+    # from the tiny model itself: one text matrix per template, the ensemble's from the bundle.
+    # Breakages tried, each fails: gain = ensemble - min(single); gain = mean-single based;
+    # the table's single-template rows computed with the ensemble matrix.
+    assert md["val/ensemble_gain_over_best_single"] == pytest.approx(
+        md["val/acc_top1"] - md["val/acc_top1_best_single_template"], abs=1e-12
+    )
+    loaded = load_clip(cfg)
+    x, y = _val_batch(splits, loaded.preprocess)
+    with torch.no_grad():
+        feats = loaded.model.encode_image(x, normalize=True)
+        single = {}
+        for t in DEFAULT_TEMPLATES:
+            m = build_class_embeddings(loaded, CLASSES, [t], overrides=cfg.class_name_overrides)
+            single[t] = float(((feats @ m.matrix.T).argmax(1) == y).double().mean())
+        zs_model, _ = load_bundle(result.bundle_dir)
+        ensemble = float((zs_model(x).argmax(1) == y).double().mean())
+    assert len(set(single.values())) > 2 and ensemble != max(single.values()), (single, ensemble)
+    assert val["acc_top1"].tolist() == pytest.approx([*single.values(), ensemble], abs=1e-9)
+    assert md["val/acc_top1_best_single_template"] == pytest.approx(max(single.values()))
+    assert md["val/acc_top1_mean_single_template"] == pytest.approx(np.mean(list(single.values())))
+    assert md["val/ensemble_gain_over_best_single"] == pytest.approx(
+        ensemble - max(single.values()), abs=1e-9
+    )
+    assert md["templates"] == list(DEFAULT_TEMPLATES)
     assert result.metadata["weights_source"].endswith("tiny_clip.safetensors")
 
     # The bundle rebuilds offline from build_kwargs and carries the class matrix.

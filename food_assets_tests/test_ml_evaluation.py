@@ -250,7 +250,11 @@ def test_files_and_figures_are_written(evaluated) -> None:
         "test/ece_calibrated",
         "temperature",
     ):
+        # The file holds the very numbers the other tests recompute from `result.summary`
+        # (once only their type was checked). Breakage tried: metrics.json rounded to 3 places.
         assert isinstance(summary[key], float), key
+        assert summary[key] == result.summary[key], key
+    assert summary["temperature"] == result.temperature
     assert set(result.plots) == {
         "confusion_matrix",
         "roc_pr_worst",

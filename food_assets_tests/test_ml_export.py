@@ -25,6 +25,7 @@ from food_assets.ml.export import (
 from food_assets.ml.export.metadata import K_CLASSES, K_PREPROCESS, K_TEMPERATURE
 from food_assets.ml.models.bundle import ModelCard
 from food_assets.ml.models.registry import create_model, get_model_spec, list_models
+from food_assets_tests.conftest import registry_param
 
 PRE = Preprocess(input_size=32, interpolation="bicubic", crop_pct=0.9)
 CLASSES = ["apple_pie", "pizza", "sushi"]
@@ -213,8 +214,7 @@ def _registry_params() -> list:
         spec = get_model_spec(name)
         # CNNs take any input size, so they run small; ViTs have fixed position embeddings and
         # export at their native size, which takes tens of seconds on 2 cores.
-        marks = [] if spec.family in ("scratch", "transfer") else [pytest.mark.slow]
-        params.append(pytest.param(name, id=name, marks=marks))
+        params.append(registry_param(name, slow=spec.family not in ("scratch", "transfer")))
     return params
 
 

@@ -23,6 +23,12 @@ from food_assets.ml.inference import (
 )
 from food_assets.ml.models.bundle import ModelCard, save_bundle
 from food_assets.ml.models.registry import create_model, list_models
+from food_assets_tests.reference import (
+    assert_reference_discriminates,
+    assert_top_k_matches,
+    reference_top_k,
+    spread_logits,
+)
 
 CLASSES = ["apple_pie", "pizza", "sushi"]
 PRE = Preprocess(input_size=32, crop_pct=0.9)
@@ -35,10 +41,15 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory):
-    """A custom_cnn bundle and its ONNX export (random weights, temperature 2)."""
+    """A custom_cnn bundle and its ONNX export (random weights, temperature 2).
+
+    `spread_logits` makes the untrained network's answers decisive: fresh, it gives every class
+    1/3 whatever the image, and no class order or temperature could be told apart.
+    """
     root = tmp_path_factory.mktemp("artifacts")
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=len(CLASSES), weights="none").eval()
+    spread_logits(model, PRE.input_size, seed=0)
     card = ModelCard(name=MODEL, class_names=CLASSES, preprocess=PRE, temperature=2.0)
     bundle = save_bundle(root / "bundle", model, card)
     onnx_path = export_onnx(model, card, root / "export" / f"{MODEL}.onnx")
@@ -76,6 +87,14 @@ def test_iter_image_files_sorted_and_skips_hidden(folder) -> None:
 
 @pytest.mark.parametrize("kind", ["onnx", "torch"])
 def test_predict_folder_with_bad_files(kind, artifacts, folder) -> None:
+    """Each good file's top-k is the bundle's own softmax(logits / T), in order, whatever the
+    bad files and batch boundaries around it.
+
+    Breakages tried, each fails this test: class names reversed in `Predictor._setup`
+    (`tuple(class_names)[::-1]`); the temperature ignored there (`self.temperature = 1.0`);
+    results ranked ascending in `predict_paths`; a file's probabilities taken from the next row
+    of the batch.
+    """
     _, bundle, onnx_path = artifacts
     predictor = OnnxPredictor(onnx_path) if kind == "onnx" else TorchPredictor(bundle)
     assert predictor.class_names == tuple(CLASSES) and predictor.model_name == MODEL
@@ -86,10 +105,17 @@ def test_predict_folder_with_bad_files(kind, artifacts, folder) -> None:
     by_name = {r.path.rsplit("/", 1)[-1]: r for r in results}
     assert by_name["broken.jpg"].error == "truncated or corrupt"
     assert by_name["empty.png"].error == "empty file"
-    for name in ("a.png", "b.jpg", "c.JPG"):
-        r = by_name[name]
-        assert r.ok and len(r.top_k) == 2 and r.label in CLASSES
-        assert r.top_k[0][1] >= r.top_k[1][1] and 0 < r.top_k[0][1] <= 1
+    good = [f for f in files if f.name in ("a.png", "b.jpg", "c.JPG")]
+    expected = reference_top_k(bundle, good)
+    assert_reference_discriminates(bundle, good, expected)
+    for f, top in zip(good, expected, strict=True):
+        r = by_name[f.name]
+        assert r.ok and r.label == top[0][0]
+        assert_top_k_matches(r.top_k, top[:2])
+    # All classes: the whole ranking, not only its head.
+    full = list(predictor.predict_paths(good, top_k=len(CLASSES) + 5))  # k is capped at C
+    for r, top in zip(full, expected, strict=True):
+        assert_top_k_matches(r.top_k, top)
     assert not by_name["broken.jpg"].top_k and by_name["broken.jpg"].label is None
 
 

@@ -203,6 +203,38 @@ def test_bundle_reloads_to_identical_logits(scratch_run) -> None:
 
 
 @pytest.mark.slow
+def test_metadata_values_are_the_bundles(scratch_run, splits: SplitManifest) -> None:
+    """Values once only checked for presence or sign, recomputed from what was written: the
+    bundle scores best_val_acc on the val images, params counts its parameters, the
+    throughput is the history's images over its seconds.
+
+    Breakages tried, each fails: best_val_acc read from the last epoch's row; the bundle
+    written from last.ckpt instead of the best checkpoint; GMACs profiled at 224 px instead of
+    the training size; train_images_per_s from the wall-clock train_seconds. (Reading the
+    first epoch's row passes here: epoch 0 is the best one in this run.)
+    """
+    from food_assets.ml.data.transforms import ImagePipeline
+    from food_assets.ml.models.profile import count_params_and_gmacs
+
+    md, h = scratch_run.metadata, scratch_run.history
+    model, card = load_bundle(scratch_run.bundle_dir)
+    val = splits.frame("val")
+    pipe = ImagePipeline(card.preprocess)
+    with torch.no_grad():
+        pred = model(torch.stack([pipe(p) for p in val["path"]])).argmax(1).numpy()
+    acc = float((pred == val["label_idx"].to_numpy()).mean())
+    assert md["best_val_acc"] == pytest.approx(acc, abs=1e-9)
+    assert md["best_epoch"] == int(h.loc[h["val/acc_top1"].idxmax(), "epoch"])
+    assert md["params"] == sum(p.numel() for p in model.parameters())
+    fresh = create_model("custom_cnn", num_classes=len(CLASSES))
+    assert md["gmacs"] == round(count_params_and_gmacs(fresh, card.preprocess.input_size)[1], 4)
+    expected_rate = h["train_images"].sum() / h["train_seconds"].sum()
+    assert md["train_images_per_s"] == pytest.approx(expected_rate, abs=0.006)
+    assert md["num_train_images"] == int((splits.frame("train")).shape[0])
+    assert md["num_val_images"] == len(val)
+
+
+@pytest.mark.slow
 def test_mlflow_logger_receives_per_epoch_metrics(scratch_run, mlflow_store) -> None:
     from mlflow.tracking import MlflowClient
 
