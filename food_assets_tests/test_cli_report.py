@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from food_assets.cli import _check_status
+from food_assets.cli.run import _check_status
 
 
 def _evaluation(passed: bool, severity: dg.AssetCheckSeverity, description: str):

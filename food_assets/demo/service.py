@@ -1,18 +1,18 @@
-"""The Gradio demo: upload a food photo, see the top-3 classes and a Grad-CAM overlay.
+"""The demo's service, with no UI: what the Gradio page (`food_assets.demo.page`) calls.
 
-`DemoService` holds everything that is not UI: it lists the materialized models
-(`food_assets.catalog`), loads each one once (an ONNX export when there is one, else the bundle;
-plus the bundle's PyTorch network for Grad-CAM), and turns an uploaded file into a prediction or
-a clear message. `build_app` wires it into a `gradio.Blocks` page and `launch` serves it
-(`food-assets demo` calls `launch`).
+`DemoService` lists the materialized models (`food_assets.catalog`, under the artifact root:
+the data folder or FOOD_ASSETS_ARTIFACT_ROOT), preselects `catalog.best_model` (the rule
+`food-assets predict` uses too), loads each one once (an ONNX export when there is one, else the
+bundle with its evaluation's temperature; plus the bundle's PyTorch network for Grad-CAM),
+and turns an uploaded file into a prediction with a Grad-CAM overlay, or a clear message. It
+imports no Gradio, so it can be used (and benchmarked) without the web layer.
 
-Heavy imports (gradio, torch, onnxruntime) happen inside functions, so importing this module
-stays cheap for the CLI.
+Heavy imports (torch, onnxruntime) happen inside functions, so importing this module stays
+cheap for the CLI.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from food_assets import catalog
+from food_assets import catalog, layout
 from food_assets.catalog import MaterializedModel
 
 if TYPE_CHECKING:
-    import gradio as gr
     import numpy as np
     from PIL import Image
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bundled example photos (rendered by `food_assets.ml.data.sample.render_sample_image`).
-STATIC_DIR = Path(__file__).parent / "assets_static"
+STATIC_DIR = Path(__file__).parents[1] / "assets_static"
 TOP_K = 3
 MIB = 1024 * 1024
 #: Overlays are upscaled to at least this many pixels a side: a 48 px sample model's map is
@@ -41,12 +40,13 @@ MIB = 1024 * 1024
 OVERLAY_MIN_PX = 256
 
 NO_MODEL_MESSAGE = (
-    "**No trained model found** under `{root}/artifacts/`.\n\n"
+    "**No trained model found** under `{root}`.\n\n"
     "Make one first, then reload this page:\n\n"
     "- `make run` materializes the whole asset graph on the embedded sample (offline, a few "
     "minutes on a laptop CPU), or\n"
     "- `food-assets train custom_cnn` trains a single model.\n\n"
-    "Set `FOOD_ASSETS_DATA_DIR` (or `--data-dir`) if your runs write somewhere else."
+    "Set `FOOD_ASSETS_DATA_DIR` (or `--data-dir`), or `FOOD_ASSETS_ARTIFACT_ROOT` for an "
+    "artifact root elsewhere (`s3://bucket/prefix`), if your runs write somewhere else."
 )
 
 
@@ -111,12 +111,13 @@ def _entry_for_path(path: Path) -> MaterializedModel:
 
 
 def load_model(entry: MaterializedModel) -> LoadedModel:
-    """Load the predictor (ONNX first, it is faster) and the bundle's network for Grad-CAM."""
-    from food_assets.ml.inference.predictor import load_predictor
+    """Load the predictor (ONNX first, it is faster) and the bundle's network for Grad-CAM.
 
+    Through `catalog.load_predictor`: the files are fetched from a remote root first, and a
+    bundle answers with its evaluation's temperature (1.0 when it was never evaluated)."""
     source = entry.best_path
     assert source is not None  # the catalog lists only models with something on disk
-    predictor = load_predictor(source)
+    predictor = catalog.load_predictor(entry)
     loaded = LoadedModel(entry=entry, predictor=predictor, source=source)
     _attach_gradcam(loaded)
     return loaded
@@ -143,6 +144,7 @@ def _attach_gradcam(loaded: LoadedModel) -> None:
         return
     from food_assets.ml.models.bundle import load_bundle
 
+    catalog.fetch_model(loaded.entry, onnx=False)
     model, card = load_bundle(loaded.entry.bundle_dir)
     missing = set(loaded.predictor.class_names) - set(card.class_names)
     if missing:
@@ -162,22 +164,6 @@ def _attach_gradcam(loaded: LoadedModel) -> None:
     loaded.cam_class_index = {c: i for i, c in enumerate(card.class_names)}
 
 
-def _accuracy(entry: MaterializedModel) -> float | None:
-    """Test top-1 accuracy from the evaluation's metrics.json, else from the bundle's card."""
-    acc = entry.metrics.get("test/acc_top1")
-    if acc is None and entry.bundle_dir is not None:
-        # The evaluation asset copies it into card.json too; read as plain JSON (no torch).
-        try:
-            card = json.loads((entry.bundle_dir / "card.json").read_text())
-            acc = (card.get("metrics") or {}).get("test/acc_top1")
-        except (OSError, ValueError, AttributeError):
-            acc = None  # an unreadable card only loses the accuracy line
-    try:
-        return float(acc) if acc is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 class DemoService:
     """What the page calls: model listing, one load per model, predictions and messages.
 
@@ -187,7 +173,7 @@ class DemoService:
         data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
         max_upload_mb: larger uploads are refused with a message.
         default_model: a materialized model name, or a path to a bundle folder / `.onnx` file;
-            None: the materialized model with the best test accuracy.
+            None: `catalog.best_model` (the best test accuracy; ties to the first name).
     """
 
     def __init__(
@@ -202,6 +188,7 @@ class DemoService:
 
             raise ConfigError(f"max_upload_mb must be positive, not {max_upload_mb}")
         self.root = catalog.data_dir(data_dir)
+        self.storage = catalog.open_storage(self.root)
         self.max_upload_mb = float(max_upload_mb)
         self.load_count = 0
         self._loaded: dict[str, LoadedModel] = {}
@@ -226,30 +213,27 @@ class DemoService:
 
         known = ", ".join(names) or "none yet"
         raise UnknownModelError(
-            f"model {model!r} is not materialized under {self.root}/artifacts (materialized: "
+            f"model {model!r} is not materialized under {self._artifacts()} (materialized: "
             f"{known}); train it with `food-assets train {model}` or `make run`, or pass the "
             "path of a bundle folder or .onnx file"
         )
 
+    def _artifacts(self) -> str:
+        return self.storage.location(layout.artifacts_dir(self.storage.local))
+
     def models(self) -> dict[str, MaterializedModel]:
-        """Materialized models by name, read from disk each time (new runs show up on reload)."""
-        found = {m.name: m for m in catalog.list_materialized(self.root)}
+        """Materialized models by name, read from the root each time (new runs show up on
+        reload)."""
+        found = {m.name: m for m in catalog.list_materialized(self.storage)}
         return {**found, **self._extra}
 
     def model_names(self) -> list[str]:
         return list(self.models())
 
     def best_model(self) -> str | None:
-        """The materialized model with the best test accuracy; unevaluated ones come last."""
-        models = self.models()
-        if not models:
-            return None
-
-        def key(name: str) -> tuple[float, str]:
-            acc = _accuracy(models[name])
-            return (-acc if acc is not None else 1.0, name)  # 1.0 sorts after any -accuracy
-
-        return min(models, key=key)
+        """`catalog.best_model`: the rule `food-assets predict` uses for its default too."""
+        best = catalog.best_model(self.models().values())
+        return best.name if best is not None else None
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model, loading it on first use only."""
@@ -261,7 +245,9 @@ class DemoService:
             if entry is None:
                 from food_assets.ml.errors import UnknownModelError
 
-                raise UnknownModelError(f"model {name!r} is not materialized under {self.root}")
+                raise UnknownModelError(
+                    f"model {name!r} is not materialized under {self._artifacts()}"
+                )
             # Under the lock on purpose: two first requests must not load a 100 MB model twice.
             loaded = load_model(entry)
             self.load_count += 1
@@ -279,8 +265,11 @@ class DemoService:
         source = loaded.source if loaded else entry.best_path
         kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
         label = loaded.name if loaded else name
-        lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{source}`"]
-        acc = _accuracy(entry)
+        where = entry.storage.location(source) if entry.storage and source else source
+        lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{where}`"]
+        if kind == "PyTorch bundle" and entry.temperature is not None:
+            lines.append(f"**Calibration:** {entry.temperature_note()}")
+        acc = entry.accuracy
         lines.append(
             f"**Test top-1 accuracy:** {acc:.1%}" if acc is not None else
             "**Test top-1 accuracy:** unknown (materialize `evaluation_" + label + "`)"
@@ -292,7 +281,7 @@ class DemoService:
     # -- requests ----------------------------------------------------------------------------
 
     def no_model_message(self) -> str:
-        return NO_MODEL_MESSAGE.format(root=self.root)
+        return NO_MODEL_MESSAGE.format(root=self._artifacts())
 
     def predict(self, file: str | os.PathLike[str] | None, model_name: str | None) -> DemoResult:
         """Classify one uploaded file; never raises for a bad upload or a failing model."""
@@ -377,143 +366,3 @@ class DemoService:
             size = (round(heat.shape[1] * scale), round(heat.shape[0] * scale))
             heat = np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
         return heat
-
-
-# -- the page --------------------------------------------------------------------------------
-
-
-def _message_box(message: str) -> str:
-    return f"⚠️ {message}" if message else ""
-
-
-def build_app(
-    model: str | None = None,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    max_upload_mb: float = 10.0,
-) -> gr.Blocks:
-    """The demo page.
-
-    Args:
-        model: preselected model: a materialized name (`custom_cnn`) or a path to a bundle
-            folder / `.onnx` file; None picks the materialized model with the best test accuracy.
-        data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
-        max_upload_mb: uploads above this size get a message instead of a prediction.
-
-    Returns:
-        The Blocks app; its `DemoService` is at `app.demo_service`. The `predict` API endpoint
-        takes `(file, model_name)` and returns `(top-3 label, overlay, model info, message)`.
-
-    Raises:
-        UnknownModelError: `model` is neither materialized nor an existing path.
-    """
-    # No usage statistics leave the machine (the build machines have no internet anyway).
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
-
-    service = DemoService(data_dir, max_upload_mb=max_upload_mb, default_model=model)
-    # Examples live inside the installed package, outside Gradio's default allowed folders.
-    gr.set_static_paths([STATIC_DIR])
-
-    def on_predict(file: str | None, model_name: str | None):
-        result = service.predict(file, model_name)
-        if result.message and service.model_names():
-            # A toast as well as the box: the box may be scrolled out of view on a phone.
-            gr.Warning(result.message.replace("**", ""), duration=8, title="Cannot classify")
-        return (
-            result.top or None,
-            result.overlay,
-            result.info,
-            _message_box(result.message),
-        )
-
-    def on_load():
-        names = service.model_names()
-        value = service.default_model if service.default_model in names else None
-        value = value or (names[0] if names else None)
-        return (
-            gr.Dropdown(choices=names, value=value, interactive=bool(names)),
-            service.describe(value),
-            "" if names else service.no_model_message(),
-        )
-
-    names = service.model_names()
-    with gr.Blocks(title="food_assets demo", analytics_enabled=False) as app:
-        gr.Markdown(
-            "# food_assets: what food is this?\n"
-            "Upload a photo (or pick an example): the model answers with its top-3 classes, "
-            "and Grad-CAM shows where it looked for the top one."
-        )
-        with gr.Row():
-            with gr.Column(scale=1):
-                picker = gr.Dropdown(
-                    choices=names,
-                    value=service.default_model,
-                    label="Model (materialized)",
-                    interactive=bool(names),
-                    elem_id="model-picker",
-                )
-                upload = gr.File(
-                    label=f"Photo (up to {max_upload_mb:g} MB)",
-                    type="filepath",
-                    elem_id="photo-upload",
-                )
-                examples = example_images()
-                if examples:
-                    gr.Examples(
-                        examples=[[str(p)] for p in examples],
-                        inputs=[upload],
-                        label="Examples",
-                    )
-            with gr.Column(scale=1):
-                message = gr.Markdown(
-                    "" if names else service.no_model_message(), elem_id="demo-message"
-                )
-                label = gr.Label(num_top_classes=TOP_K, label="Top-3 classes", elem_id="top3")
-                cam = gr.Image(
-                    label="Grad-CAM (top class)",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    elem_id="gradcam",
-                )
-                info = gr.Markdown(service.describe(service.default_model), elem_id="model-info")
-        outputs = [label, cam, info, message]
-        upload.change(on_predict, inputs=[upload, picker], outputs=outputs, api_name="predict")
-        picker.change(
-            on_predict, inputs=[upload, picker], outputs=outputs, api_visibility="private"
-        )
-        app.load(on_load, outputs=[picker, info, message], api_visibility="private")
-    app.demo_service = service  # type: ignore[attr-defined]  # for tests and the CLI
-    return app
-
-
-def launch(
-    model: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 7860,
-    share: bool = False,
-    max_upload_mb: float = 10.0,
-) -> None:
-    """Serve the demo until interrupted (what `food-assets demo` runs).
-
-    Args:
-        model: preselected model name or bundle/ONNX path; None: the best evaluated one.
-        host: interface to bind; `0.0.0.0` exposes it on the network.
-        port: TCP port.
-        share: ask Gradio for a public `*.gradio.live` link (needs internet).
-        max_upload_mb: uploads above this size are refused with a message.
-    """
-    app = build_app(model, max_upload_mb=max_upload_mb)
-    app.queue(default_concurrency_limit=1)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        # Gradio itself refuses anything far above the limit before it reaches the disk; files
-        # just above it still get the service's own, clearer message.
-        max_file_size=int(max(2 * max_upload_mb, max_upload_mb + 1) * MIB),
-        allowed_paths=[str(STATIC_DIR)],
-        ssr_mode=False,
-        show_error=True,
-    )

@@ -1,0 +1,41 @@
+"""`food-assets models`: the registry's models and what has been materialized for each."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from food_assets.cli.common import data_dir, stdout_console, user_errors
+
+
+@user_errors
+def models(ctx: typer.Context) -> None:
+    """List the registry's models and what has been materialized (bundle, ONNX, accuracy)."""
+    from food_assets import catalog
+    from food_assets.ml.models.registry import get_model_spec, list_models
+
+    storage = catalog.open_storage(data_dir(ctx))
+    found = {m.name: m for m in catalog.list_materialized(storage)}
+    table = Table(title=f"models (artifacts under {storage.url})", title_justify="left")
+    for col in ("model", "family", "default weights", "exportable", "bundle", "ONNX", "test acc"):
+        table.add_column(col, justify="right" if col == "test acc" else "left")
+    for name in list_models():
+        spec = get_model_spec(name)
+        m = found.get(name)
+        acc = m.accuracy if m else None
+        table.add_row(
+            name,
+            spec.family,
+            spec.default_weights,
+            "yes" if spec.onnx else "no",
+            "yes" if m and m.bundle_dir else "-",
+            "yes" if m and m.onnx_path else "-",
+            f"{acc:.3f}" if isinstance(acc, int | float) else "-",
+        )
+    stdout_console().print(table)
+    best = catalog.best_model(found.values())
+    if best is not None:
+        typer.echo(f"Default for `predict` and the demo: {best.name} (catalog.best_model).")
+    typer.echo(
+        "Train one with `food-assets train NAME`; predict with `food-assets predict -m NAME`."
+    )

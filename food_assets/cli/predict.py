@@ -1,0 +1,248 @@
+"""`food-assets predict`: top-k classes for image files and folders, as a table, JSON or CSV.
+
+Reads what earlier runs wrote under the artifact root (`food_assets.catalog`: the data folder,
+or FOOD_ASSETS_ARTIFACT_ROOT, which may be an s3:// URL); never touches Dagster. The table,
+JSON or CSV goes to stdout; progress, warnings and the summary to stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from food_assets.cli.common import (
+    EXIT_FAILED,
+    UserError,
+    check_model_name,
+    data_dir,
+    err,
+    stdout_console,
+    user_errors,
+)
+
+if TYPE_CHECKING:  # only for type hints; importing them for real would load torch
+    from food_assets.catalog import MaterializedModel
+    from food_assets.ml.inference.predictor import PredictionResult
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@user_errors
+def predict(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files or folders (searched recursively; hidden files skipped).",
+            show_default=False,
+            metavar="PATH...",
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A materialized model by name (see `models`)."),
+    ] = None,
+    from_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="An .onnx file, a bundle folder (card.json) or an onnx_<name> folder."
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")] = 5,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        OutputFormat.table
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+) -> None:
+    """Top-k food classes with probabilities for image files and folders.
+
+    Uses the model's ONNX export when there is one, else its bundle. Without --model or --from,
+    the materialized model with the best test accuracy. Unreadable files are reported one by
+    one (stderr, or the `error` field in JSON/CSV) and never stop the run.
+    """
+    from food_assets.ml.inference.predictor import iter_image_files
+
+    if model and from_path:
+        raise UserError("pass either --model or --from, not both")
+    # List the files before loading the model: a missing path is reported at once.
+    files = list(iter_image_files(paths))
+    if not files:
+        raise UserError(
+            f"no image files under {', '.join(map(str, paths))} (looked for common image "
+            "extensions, hidden files skipped)"
+        )
+    choice = _resolve_model(ctx, model, from_path)
+
+    if isinstance(choice, Path):
+        from food_assets.ml.inference.predictor import load_predictor
+
+        predictor = load_predictor(choice)
+        where = str(choice)
+    else:
+        from food_assets import catalog
+
+        predictor = catalog.load_predictor(choice)
+        assert choice.best_path is not None and choice.storage is not None
+        where = choice.storage.location(choice.best_path)
+        if choice.onnx_path is None:
+            err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
+    err.print(f"model: {predictor.model_name} ({where})", soft_wrap=True, markup=False)
+
+    results = predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)
+    n_ok, n_bad = _write_results(_with_progress(results, len(files)), fmt)
+    summary = f"predicted {n_ok} of {len(files)} file(s)"
+    if n_bad:
+        summary += f"; {n_bad} could not be read"
+    err.print(summary, markup=False)
+    if n_ok == 0:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _write_results(results: Iterator[PredictionResult], fmt: OutputFormat) -> tuple[int, int]:
+    """Write each result in `fmt` on stdout, warn about each bad file on stderr; (ok, bad)."""
+    writer = {
+        OutputFormat.table: _TableWriter,
+        OutputFormat.json: _JsonWriter,
+        OutputFormat.csv: _CsvWriter,
+    }[fmt]()
+    n_ok = n_bad = 0
+    for result in results:
+        if result.ok:
+            n_ok += 1
+        else:
+            n_bad += 1
+            reason = f"{result.error} ({result.detail})" if result.detail else result.error
+            err.print(f"warning: {result.path}: {reason}", soft_wrap=True, markup=False)
+        writer.add(result)
+    writer.close()
+    return n_ok, n_bad
+
+
+def _resolve_model(
+    ctx: typer.Context, model: str | None, from_path: Path | None
+) -> Path | MaterializedModel:
+    """What to load: --from as given (a path), --model from the catalog, else the catalog's
+    best model (`catalog.best_model`, the rule the demo uses too)."""
+    from food_assets import catalog
+
+    if from_path is not None:
+        if not from_path.exists():
+            raise UserError(
+                f"{from_path} does not exist: pass an .onnx file or a model bundle folder"
+            )
+        return from_path
+    storage = catalog.open_storage(data_dir(ctx))
+    found = catalog.list_materialized(storage)
+    if model is not None:
+        for m in found:
+            if m.name == model:
+                return m
+        check_model_name(model)  # an unknown name gets the list of known ones
+        raise UserError(
+            f"no materialized model {model!r} under {storage.url}; run `food-assets train "
+            f"{model}` or `food-assets export {model}` first (or pass --data-dir / --from PATH)"
+        )
+    best = catalog.best_model(found)
+    if best is None:
+        raise UserError(
+            f"no materialized model under {storage.url}; run `food-assets train custom_cnn` "
+            "(or `food-assets export <model>`) first, or pass --from PATH"
+        )
+    return best
+
+
+def _with_progress(results: Iterator[PredictionResult], total: int) -> Iterator[PredictionResult]:
+    """A progress bar on stderr while `results` are consumed (only on a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=total < 2 or not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("predicting", total=total)
+        for result in results:
+            progress.advance(task)
+            yield result
+
+
+class _TableWriter:
+    """A rich table on stdout: one section per file, one row per class."""
+
+    def __init__(self) -> None:
+        self.table = Table(show_lines=False)
+        self.table.add_column("file", overflow="fold")
+        self.table.add_column("#", justify="right")
+        self.table.add_column("class")
+        self.table.add_column("probability", justify="right")
+
+    def add(self, r: PredictionResult) -> None:
+        if not r.ok:
+            self.table.add_row(r.path, "", f"[red]error: {r.error}[/red]", "", end_section=True)
+            return
+        for i, (label, p) in enumerate(r.top_k, start=1):
+            last = i == len(r.top_k)
+            self.table.add_row(
+                r.path if i == 1 else "", str(i), label, f"{p:.4f}", end_section=last
+            )
+
+    def close(self) -> None:
+        if self.table.row_count:
+            stdout_console().print(self.table)
+
+
+class _JsonWriter:
+    """One JSON array on stdout, streamed item by item so long listings start at once."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, r: PredictionResult) -> None:
+        item = {
+            "path": r.path,
+            "label": r.label,
+            "probability": r.top_k[0][1] if r.top_k else None,
+            "top_k": [{"label": c, "probability": p} for c, p in r.top_k],
+            "error": r.error,
+        }
+        sys.stdout.write(("[\n  " if self.n == 0 else ",\n  ") + json.dumps(item))
+        sys.stdout.flush()
+        self.n += 1
+
+    def close(self) -> None:
+        sys.stdout.write("[]\n" if self.n == 0 else "\n]\n")
+
+
+class _CsvWriter:
+    """Long CSV on stdout: one row per (file, rank); a failed file is one row with `error`."""
+
+    def __init__(self) -> None:
+        self.writer = csv.writer(sys.stdout, lineterminator="\n")
+        self.writer.writerow(["path", "rank", "label", "probability", "error"])
+
+    def add(self, r: PredictionResult) -> None:
+        if not r.ok:
+            self.writer.writerow([r.path, "", "", "", r.error])
+            return
+        for i, (label, p) in enumerate(r.top_k, start=1):
+            self.writer.writerow([r.path, i, label, f"{p:.6f}", ""])
+
+    def close(self) -> None:
+        sys.stdout.flush()
