@@ -29,13 +29,62 @@ def _modules() -> list:
     return mods
 
 
-def build_definitions(resources: dict | None = None) -> dg.Definitions:
+#: The assets made once per registry entry: (module, its module-level list, factory(name)).
+#: `build_definitions(models=...)` calls the factories instead of taking the lists.
+PER_MODEL_FACTORIES = [
+    ("food_assets.assets.models", "MODEL_ASSETS", "build_model_asset"),
+    ("food_assets.assets.evaluation", "EVALUATION_ASSETS", "build_evaluation_asset"),
+    ("food_assets.assets.explain", "EXPLAIN_ASSETS", "build_explain_asset"),
+    ("food_assets.assets.export", "EXPORT_DEFS", "build_export_asset"),
+]
+
+
+def _keys(defs: list) -> set:
+    keys: set = set()
+    for d in defs:
+        keys |= set(d.check_keys) if isinstance(d, dg.AssetChecksDefinition) else set(d.keys)
+    return keys
+
+
+def _per_model(models: list[str]) -> tuple[list, list, set]:
+    """The per-model definitions for `models`, and the keys of the import-time ones."""
+    assets: list = []
+    checks: list = []
+    replaced: set = set()
+    for module_name, list_name, factory_name in PER_MODEL_FACTORIES:
+        module = importlib.import_module(module_name)
+        replaced |= _keys(list(getattr(module, list_name)))
+        factory = getattr(module, factory_name)
+        for name in models:
+            made = factory(name)
+            for d in made if isinstance(made, list) else [made]:
+                (checks if isinstance(d, dg.AssetChecksDefinition) else assets).append(d)
+    return assets, checks, replaced
+
+
+def build_definitions(
+    resources: dict | None = None, *, models: list[str] | None = None
+) -> dg.Definitions:
+    """The code location's definitions.
+
+    Args:
+        resources: default `default_resources()`.
+        models: registry names to make `model_`/`evaluation_`/`gradcam_`/`onnx_` assets for;
+            default: the entries registered when the asset modules were imported. A test that
+            registers a model of its own passes `list_models()` after registering it.
+    """
     from food_assets import schedules
 
     modules = _modules()
+    assets = dg.load_assets_from_modules(modules)
+    checks = dg.load_asset_checks_from_modules(modules)
+    if models is not None:
+        extra_assets, extra_checks, replaced = _per_model(models)
+        assets = [a for a in assets if not _keys([a]) & replaced] + extra_assets
+        checks = [c for c in checks if not _keys([c]) & replaced] + extra_checks
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(modules),
-        asset_checks=dg.load_asset_checks_from_modules(modules),
+        assets=assets,
+        asset_checks=checks,
         resources=resources or default_resources(),
         jobs=schedules.jobs(),
         schedules=schedules.schedules(),

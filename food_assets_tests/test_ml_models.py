@@ -218,13 +218,32 @@ def test_bad_weights_paths_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_untrusted_pickle_is_refused(tmp_path: Path) -> None:
-    # weights_only=True: a pickle that would run code is a CheckpointError, not an execution.
+    """weights_only=True: a pickle that would run code is a CheckpointError, not an execution.
+
+    The payload creates a marker file when unpickled; the control load (plain `torch.load`)
+    proves it does. Breakage tried: `weights_only=False` in `load_state_dict_file`; the load
+    still ends in a CheckpointError ("holds no tensors"), which the old test accepted; the
+    message match and, on its own, the marker now fail.
+    """
+    control_marker = tmp_path / "control-ran"
+    control = tmp_path / "control.pth"
+    torch.save({"obj": _Evil(control_marker)}, control)
+    torch.load(control, weights_only=False)  # the unsafe load this test guards against
+    assert control_marker.is_file(), "the payload does not run: the test below proves nothing"
+
+    marker = tmp_path / "payload-ran"
     evil = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"x": np.ones(3)}, "obj": _Evil()}, evil)
-    with pytest.raises(CheckpointError):
+    torch.save({"state_dict": {"x": np.ones(3)}, "obj": _Evil(marker)}, evil)
+    with pytest.raises(CheckpointError, match="corrupt or not a weights file"):
         create_model("custom_cnn", num_classes=3, weights=str(evil))
+    assert not marker.exists(), "loading the weights file executed its pickled code"
 
 
 class _Evil:
+    """Unpickles as `open(marker, "w")`: the marker file exists iff the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (open, (self.marker, "w"))

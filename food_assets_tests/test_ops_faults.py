@@ -151,12 +151,12 @@ import json, sys, time
 from pathlib import Path
 import dagster as dg
 import lightning.pytorch as pl
-import food_assets.ml.training as training
+import food_assets.ml.training.fit as training_fit
 from food_assets.definitions import build_definitions
 from food_assets.resources import default_resources
 
 args = json.loads(sys.argv[1])
-real_train_model = training.train_model
+real_train_model = training_fit.train_model
 
 class HangMidEpoch(pl.Callback):
     # Stands in for a node lost mid-epoch: announce the point, then stall until SIGKILLed.
@@ -168,7 +168,7 @@ class HangMidEpoch(pl.Callback):
 def train_model(*a, callbacks=(), **kw):
     return real_train_model(*a, callbacks=[*callbacks, HangMidEpoch()], **kw)
 
-training.train_model = train_model  # the model asset imports it from here at call time
+training_fit.train_model = train_model  # the Lightning fit hook looks it up at call time
 resources = default_resources(args["data_dir"])
 defs = build_definitions(resources)
 dg.materialize(list(defs.assets), selection=args["selection"], resources=resources,
@@ -300,7 +300,10 @@ def test_writers_killed_mid_write_leave_the_old_version_or_nothing(tmp_path: Pat
 
     # ONNX: the old complete file; the half-written temporary sits beside it, hidden.
     assert old_onnx.read_bytes() == old_bytes
-    assert [p.name.startswith(".model.onnx.tmp-") for p in onnx_dir.iterdir() if p != old_onnx]
+    # (A list of booleans here once passed whatever they were; breakage tried: temporaries
+    # named without the leading dot, which this now catches.)
+    others = [p.name for p in onnx_dir.iterdir() if p != old_onnx]
+    assert len(others) == 1 and others[0].startswith(".model.onnx.tmp-"), others
     predictor = load_predictor(onnx_dir)
     assert predictor.path == old_onnx
     assert next(iter(predictor.predict_paths([_image(tmp_path / "x.png")]))).ok

@@ -3,21 +3,129 @@
 Training, evaluation, Grad-CAM, ONNX export, `predict` and the demo all read the spec, and the
 Dagster asset factories loop over `list_models()`, so adding a model is one `register(...)` call
 in a zoo module (`zoo.py` for the CNNs, `clip/__init__.py` for CLIP) and no new asset code.
+
+A spec is data plus two hooks:
+
+- data: preprocessing, the Grad-CAM layer, ONNX support, where pretrained weights come from
+  (`weight_sources`, `WeightSource` records), the settings class (`config_cls`, a dataclass whose
+  fields carry their defaults and descriptions; the Dagster run config is derived from it) and
+  per-model overrides of its defaults (`config_defaults`);
+- hooks: `build(*, num_classes, weights, **kwargs) -> nn.Module` and
+  `fit(spec, splits, config, out_dir, context) -> FitResult`.
+
+Nothing outside a spec branches on what kind of model it is: the Dagster asset, the CLI and the
+training code call `spec.fit(...)` with `spec.make_config(...)`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from torch import nn
 
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import UnknownModelError
+from food_assets.ml.models.weights.sources import WeightSource
 
 Family = Literal["scratch", "transfer", "zero_shot", "probe"]
+
+#: The key of a config dataclass field's description (`setting(...)` puts it there).
+DESCRIPTION = "description"
+#: The key of the type a field takes in run config, where it differs from the dataclass type.
+CONFIG_TYPE = "config_type"
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    description: str,
+    default_factory: Any = MISSING,
+    config_type: Any = None,
+) -> Any:
+    """A field of a config dataclass, with the description run config and `--help` show.
+
+    Args:
+        default / default_factory: as `dataclasses.field`.
+        description: one line for the user; the Dagster config schema shows it.
+        config_type: the type run config takes when the dataclass type has no run-config form
+            (`int | str` -> `str`); the dataclass must then accept that form and normalise it.
+    """
+    metadata: dict[str, Any] = {DESCRIPTION: description}
+    if config_type is not None:
+        metadata[CONFIG_TYPE] = config_type
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A function or class named by import path (`package.module:attribute`), imported on use.
+
+    Registry entries in `food_assets.ml.models` name their Lightning fit hook and config class
+    (in `food_assets.ml.training`, which imports the registry) this way, so the two packages do
+    not import each other (docs/adr/0010-models-are-entries-with-fit-hooks.md). Calling a `Ref`
+    calls what it names.
+    """
+
+    path: str
+
+    def resolve(self) -> Any:
+        module, _, attribute = self.path.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ImportError(f"registry reference {self.path!r} does not resolve: {exc}") from exc
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
+def resolve(obj: Any) -> Any:
+    """What a `Ref` names; anything else as it is."""
+    return obj.resolve() if isinstance(obj, Ref) else obj
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger("food_assets.ml.fit").warning("%s", message)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a fit hook gets from its caller besides the data and the config.
+
+    Attributes:
+        compute: where Lightning runs (a `food_assets.ml.training.ComputeConfig`); None: its
+            defaults. Fits that do not use Lightning ignore it.
+        loggers: Lightning loggers (e.g. an `MLFlowLogger` on the caller's run).
+        feature_cache_dir: where fits that extract frozen features may cache them; None: none.
+        log: how a fit tells its caller about a decision (a fallback, a skip); the Dagster
+            asset passes its `context.log.warning`.
+    """
+
+    compute: Any = None
+    loggers: Sequence[Any] = ()
+    feature_cache_dir: Path | None = None
+    log: Callable[[str], None] = _log_warning
+
+
+class FitSkipped(Exception):  # noqa: N818  (a decision, not an error)
+    """A fit hook declines to run, as its config asked (`on_missing_weights: skip`).
+
+    Not a `FoodAssetsError`: nothing is wrong. The Dagster asset turns it into a `Skipped` value
+    (ADR 0002) with `reason` in its metadata.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: fit(spec, splits, config, out_dir, context) -> FitResult (`ml/models/bundle.py`).
+FitHook = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -27,13 +135,24 @@ class ModelSpec:
     Attributes:
         name: registry key; also the suffix of the `model_<name>` asset.
         family: `scratch` / `transfer` train with Lightning; `zero_shot` builds a classifier from
-            text prompts; `probe` fits a linear head on frozen features.
+            text prompts; `probe` fits a linear head on frozen features. A label (tags, the
+            model list): what a model does is in `fit` and `config_cls`, not in its family.
         build: `build(*, num_classes, weights, **kwargs) -> nn.Module` returning logits.
         preprocess: lazy, so that importing the registry does not build models.
         cam_layer: `model.get_submodule` path of the Grad-CAM target layer; None disables it.
+        config_cls: the dataclass of the model's settings (`TrainConfig`, `ClipConfig`), or a
+            `Ref` to it. Its fields' defaults and descriptions are the single source the Dagster
+            run config is derived from.
+        fit: `fit(spec, splits, config, out_dir, context) -> FitResult` (or a `Ref` to it): makes
+            the model's bundle under `out_dir`. May raise `FitSkipped`.
         cam_reshape: turns a ViT's token activations into (N, C, H, W) for Grad-CAM.
         onnx: whether the model exports to ONNX.
         default_weights: `imagenet`, `none`, `openai` or a path.
+        description: one line for the model list and the asset.
+        weight_sources: where `imagenet` weights come from, tried in order (timm models).
+        config_defaults: this model's defaults that differ from `config_cls`'s
+            (`{"arch": "ViT-L-14"}`).
+        kinds: tool labels (the Dagster UI shows them as the asset's kinds).
     """
 
     name: str
@@ -41,10 +160,24 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     preprocess: Callable[[], Preprocess]
     cam_layer: str | None
+    config_cls: type | Ref
+    fit: FitHook | Ref
     cam_reshape: Callable | None = None
     onnx: bool = True
     default_weights: str = "imagenet"
     description: str = ""
+    weight_sources: tuple[WeightSource, ...] = ()
+    config_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    kinds: tuple[str, ...] = ("pytorch",)
+
+    @property
+    def config_type(self) -> type:
+        """The settings dataclass (a `Ref` resolved)."""
+        return resolve(self.config_cls)
+
+    def make_config(self, **overrides: Any) -> Any:
+        """The model's settings: `config_cls` with this spec's defaults, then `overrides`."""
+        return self.config_type(**{**self.config_defaults, **overrides})
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -58,6 +191,15 @@ def register(spec: ModelSpec) -> ModelSpec:
         raise ValueError(f"model {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister(name: str) -> ModelSpec:
+    """Remove an entry (tests that register a model of their own take it out again)."""
+    _load()
+    try:
+        return _REGISTRY.pop(name)
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}: nothing to unregister") from None
 
 
 def _load() -> None:

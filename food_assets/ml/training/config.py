@@ -3,39 +3,54 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from food_assets.ml.errors import ConfigError
+from food_assets.ml.models.registry import setting
 
 MODES = ("scratch", "feature_extract", "finetune")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
-_NOT_HASHED = {"num_workers"}  # changes speed, not the result: a resume may use another value
+# Change speed or what happens on a miss, not the result: a resume may use another value.
+_NOT_HASHED = {"num_workers", "on_missing_weights"}
 
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Where and how Lightning runs (the Dagster "GPU resource" maps onto this).
+    """Where and how Lightning runs (the Dagster "GPU resource", `LightningCompute`, is derived
+    from this class: its fields, defaults and descriptions are the resource's).
 
-    The defaults pick a GPU when one is present and the CPU otherwise.
-
-    Attributes:
-        accelerator: `auto`, `cpu`, `gpu`, `cuda`, `mps`.
-        devices: `auto`, a count, or a list of device indices.
-        precision: `32-true`, `16-mixed` (CUDA), `bf16-mixed`, ...
-        strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, ...
-        num_nodes: machines in a multi-node DDP run.
-        deterministic: ask PyTorch for deterministic kernels (slower).
+    The defaults pick a GPU when one is present and the CPU otherwise. A multi-GPU node sets
+    `devices: 4, strategy: ddp`; a cluster adds `num_nodes`.
     """
 
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    precision: str = "32-true"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    deterministic: bool = False
+    accelerator: str = setting("auto", description="auto | cpu | gpu | cuda | mps")
+    devices: int | str | list[int] = setting(
+        "auto",
+        description='"auto", a count like "2", or "0,1" (device indices)',
+        config_type=str,
+    )
+    precision: str = setting(
+        "32-true", description="32-true | 16-mixed | bf16-mixed (mixed needs a GPU)"
+    )
+    strategy: str = setting("auto", description="auto | ddp | ddp_spawn | fsdp ...")
+    num_nodes: int = setting(1, description="machines in a multi-node DDP run")
+    deterministic: bool = setting(False, description="cuDNN/torch deterministic kernels (slower)")
 
     def __post_init__(self) -> None:
+        # Run config gives devices as text: "2" is a count, "0,1" a list of indices.
+        if isinstance(self.devices, str) and self.devices.strip() != "auto":
+            text = self.devices.strip()
+            try:
+                devices: Any = (
+                    [int(v) for v in text.split(",") if v.strip()] if "," in text else int(text)
+                )
+            except ValueError:
+                raise ConfigError(
+                    f"devices {self.devices!r} is not 'auto', a count or a list of indices "
+                    "such as '0,1'"
+                ) from None
+            object.__setattr__(self, "devices", devices)
         if str(self.precision) not in PRECISIONS:
             raise ConfigError(
                 f"precision {self.precision!r} is not supported; use one of {', '.join(PRECISIONS)}"
@@ -60,54 +75,80 @@ class ComputeConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one model is trained. Invalid values raise `ConfigError` at construction.
+    """How one model is trained with Lightning. Invalid values raise `ConfigError` at
+    construction.
 
-    Attributes:
-        mode: `scratch` (random init, every layer at `lr`), `feature_extract` (frozen
-            pretrained backbone, BN statistics kept, only the head trains), `finetune`
-            (pretrained backbone at `lr * backbone_lr_mult`, optionally frozen for the first
-            `frozen_epochs`). None: `scratch` for scratch-family models, else `finetune`.
-        weights: `imagenet`, `none` or a path (see `ml/models/weights.py`). None: the registry
-            default (`none` in scratch mode).
-        epochs: maximum epochs (early stopping may end sooner).
-        batch_size: per device.
-        lr: peak learning rate of the head (AdamW).
-        backbone_lr_mult: backbone LR = lr * this, in finetune mode.
-        weight_decay: AdamW decoupled weight decay (not applied to biases and norm weights).
-        warmup_epochs: linear warm-up (may be fractional), then cosine decay, stepped per batch.
-        label_smoothing: cross-entropy label smoothing for training.
-        frozen_epochs: finetune only: head-only epochs before the backbone unfreezes.
-        image_size: training/eval side; None: the model's default (224 for every CNN here).
-        num_workers: DataLoader worker processes.
-        seed: seeds Python, NumPy, torch and the workers.
-        early_stopping_patience: epochs without a better val/acc_top1 before stopping;
-            None or 0 disables early stopping.
-        limit_train_batches / limit_val_batches: cap batches per epoch (int) or a fraction
-            (float); for tests and benchmarks.
-        build_kwargs: extra keyword arguments for the model builder (recorded in the card).
-        precise_bn_batches: before each validation, recompute the running statistics of the
-            BatchNorm layers that train over this many training batches (0 disables); see
-            `callbacks.PreciseBatchNorm`.
+    The defaults are the embedded sample's: a CPU trains every model in minutes
+    (`configs/sample.yaml` spells them out). The Food-101 GPU recipes set their own values in
+    `configs/food101.yaml`. The Dagster run config of every Lightning model is derived from this
+    class (docs/adr/0008-one-config-source.md): a field here is a run-config key, with this
+    default and description.
     """
 
-    mode: str | None = None
-    weights: str | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    frozen_epochs: int = 0
-    image_size: int | None = None
-    num_workers: int = 2
-    seed: int = 0
-    early_stopping_patience: int | None = 5
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
-    build_kwargs: dict[str, Any] = field(default_factory=dict)
-    precise_bn_batches: int = 16
+    mode: str | None = setting(
+        None,
+        description="scratch (random init, every layer at lr) | feature_extract (frozen "
+        "pretrained backbone, BN statistics kept, only the head trains) | finetune (backbone at "
+        "lr * backbone_lr_mult, optionally frozen for frozen_epochs); null: finetune when the "
+        "model has pretrained weights, scratch when it has none (custom_cnn)",
+    )
+    weights: str | None = setting(
+        None,
+        description="imagenet | none | /path/to/weights; null: the model's registry default "
+        "(none in scratch mode)",
+    )
+    on_missing_weights: Literal["error", "scratch", "skip"] = setting(
+        "scratch",
+        description="when the pretrained weights cannot be found offline: fail (error), train "
+        "from random init instead (scratch; recorded in the metadata as weights_fallback), or "
+        "skip the model (skip)",
+    )
+    epochs: int = setting(4, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = setting(32, description="images per batch, per device")
+    lr: float = setting(2e-3, description="peak learning rate of the head (AdamW)")
+    backbone_lr_mult: float = setting(
+        0.1, description="finetune: backbone learning rate = lr * this, in (0, 1]"
+    )
+    weight_decay: float = setting(
+        0.05, description="AdamW decoupled weight decay (not on biases and norm weights)"
+    )
+    warmup_epochs: float = setting(
+        1.0, description="linear warm-up (may be fractional), then cosine decay, per batch"
+    )
+    label_smoothing: float = setting(0.1, description="cross-entropy label smoothing, in [0, 1)")
+    frozen_epochs: int = setting(
+        0, description="finetune only: head-only epochs before the backbone unfreezes"
+    )
+    image_size: int | None = setting(
+        96, description="training and evaluation side in pixels; null: the model's own size"
+    )
+    num_workers: int = setting(0, description="DataLoader worker processes")
+    seed: int = setting(0, description="seeds Python, NumPy, torch and the workers")
+    early_stopping_patience: int | None = setting(
+        5,
+        description="epochs without a better val/acc_top1 before stopping; null or 0: never",
+    )
+    limit_train_batches: int | float | None = setting(
+        None,
+        description="batches per epoch: a count (>= 1) or a fraction in (0, 1); null: all. "
+        "For tests and benchmarks",
+        config_type=float | None,
+    )
+    limit_val_batches: int | float | None = setting(
+        None,
+        description="validation batches: a count (>= 1) or a fraction in (0, 1); null: all",
+        config_type=float | None,
+    )
+    build_kwargs: dict[str, Any] = setting(
+        default_factory=dict,
+        description="extra keyword arguments for the model builder (e.g. drop_rate), recorded "
+        "in the model card",
+    )
+    precise_bn_batches: int = setting(
+        16,
+        description="before each validation, recompute BatchNorm statistics over this many "
+        "training batches (0: off)",
+    )
 
     def __post_init__(self) -> None:
         def check(ok: bool, msg: str) -> None:
@@ -170,19 +211,31 @@ class TrainConfig:
         )
         for name in ("limit_train_batches", "limit_val_batches"):
             v = getattr(self, name)
+            # Run config has one number type: a whole number >= 1 is a batch count (1.0 too).
+            if isinstance(v, float) and v >= 1 and v.is_integer():
+                v = int(v)
+                object.__setattr__(self, name, v)
             check(
-                v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+                v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1),
                 f"{name} must be a batch count >= 1, a fraction in (0, 1], or null (got {v!r})",
             )
         check(isinstance(self.build_kwargs, dict), "build_kwargs must be a mapping")
+        check(
+            self.on_missing_weights in ("error", "scratch", "skip"),
+            f"on_missing_weights {self.on_missing_weights!r} is not one of error, scratch, skip",
+        )
         check(
             _is_int(self.precise_bn_batches) and self.precise_bn_batches >= 0,
             f"precise_bn_batches must be >= 0 (got {self.precise_bn_batches!r})",
         )
 
-    def resolve(self, *, family: str, default_weights: str, model_name: str) -> TrainConfig:
-        """Fill in `mode` and `weights` for one model and check that they fit together."""
-        mode = self.mode or ("scratch" if family == "scratch" else "finetune")
+    def resolve(self, *, default_weights: str, model_name: str) -> TrainConfig:
+        """Fill in `mode` and `weights` for one model and check that they fit together.
+
+        A model whose registry default is `none` (no pretrained weights exist) trains from
+        scratch unless `mode` says otherwise; every other model fine-tunes.
+        """
+        mode = self.mode or ("scratch" if default_weights == "none" else "finetune")
         weights = self.weights
         if mode == "scratch":
             if weights not in (None, "none"):

@@ -61,9 +61,7 @@ def get_config_hash(
 ) -> tuple[str, dict[str, Any]]:
     """Hash of everything that changes what training produces (data content included)."""
     spec = get_model_spec(model_name)
-    cfg = cfg.resolve(
-        family=spec.family, default_weights=spec.default_weights, model_name=model_name
-    )
+    cfg = cfg.resolve(default_weights=spec.default_weights, model_name=model_name)
     record = {
         "model": model_name,
         "class_names": list(splits.class_names),
@@ -214,9 +212,11 @@ def train_model(
     config starts fresh and moves the old checkpoints to `checkpoints.previous`.
 
     Args:
-        model_name: a `list_models()` name with family `scratch` or `transfer`.
+        model_name: a `list_models()` name whose settings are a `TrainConfig`.
         splits: the `food_splits` asset value (train and val rows are used).
         cfg: training configuration (mode and weights resolved from the registry if None).
+            `cfg.on_missing_weights` is not applied here (missing weights raise):
+            `fit_lightning`, the registry's fit hook, applies it.
         compute: accelerator, devices, precision, strategy, nodes.
         out_dir: run folder (see the module docstring for its layout).
         loggers: Lightning loggers, e.g. `MLFlowLogger(run_id=...)` for per-epoch metrics.
@@ -236,13 +236,13 @@ def train_model(
     """
     out_dir = Path(out_dir)
     spec = get_model_spec(model_name)
-    if spec.family not in ("scratch", "transfer"):
+    if not issubclass(spec.config_type, TrainConfig):
         raise ConfigError(
-            f"{model_name!r} is a {spec.family} model: it is not trained with train_model"
+            f"{model_name!r} is a {spec.family} model: it is not trained with train_model "
+            f"(its settings are a {spec.config_type.__name__}; use its registry fit hook, "
+            "spec.fit)"
         )
-    cfg = cfg.resolve(
-        family=spec.family, default_weights=spec.default_weights, model_name=model_name
-    )
+    cfg = cfg.resolve(default_weights=spec.default_weights, model_name=model_name)
     split_sizes = check_splits(splits)
     num_classes = len(splits.class_names)
     preprocess = spec.preprocess().with_size(cfg.image_size)

@@ -1,7 +1,7 @@
 """CLIP models (open_clip): a zero-shot classifier and a linear probe, both plain `nn.Module`s.
 
-Importing this package registers the two registry entries (`clip_zero_shot`, `clip_linear_probe`;
-the registry imports it by name). The modules, each readable on its own:
+Importing this package registers the registry entries (`clip_zero_shot`, `clip_linear_probe`,
+`clip_vit_l14_zero_shot`; the registry imports it by name). The modules, each readable on its own:
 
 | module | what |
 |---|---|
@@ -10,11 +10,13 @@ the registry imports it by name). The modules, each readable on its own:
 | `text.py` | prompts, class-name cleaning, the class-embedding matrix (build, save, load) |
 | `modules.py` | `ClipZeroShotClassifier`, `ClipLinearProbe`, the ViT Grad-CAM reshape, builders |
 | `logreg.py` | the probe's logistic regression and k-shot runs (scikit-learn) |
-| `fit.py` | `fit_clip_zero_shot`, `fit_clip_linear_probe`, the image-feature cache |
+| `fit.py` | `fit_clip_zero_shot`, `fit_clip_linear_probe`, the feature cache, the fit hooks |
 
 Imports go one way, top to bottom of that table (`fit` imports the others, nothing imports
 `fit` but this file), so the package has no import cycle.
 """
+
+import functools
 
 from food_assets.ml.models.clip.config import (
     CAM_LAYER,
@@ -24,7 +26,12 @@ from food_assets.ml.models.clip.config import (
     WEIGHT_HELP,
     ClipConfig,
 )
-from food_assets.ml.models.clip.fit import fit_clip_linear_probe, fit_clip_zero_shot
+from food_assets.ml.models.clip.fit import (
+    fit_clip_linear_probe,
+    fit_clip_zero_shot,
+    fit_linear_probe,
+    fit_zero_shot,
+)
 from food_assets.ml.models.clip.loading import (
     LoadedClip,
     ResolvedWeights,
@@ -54,17 +61,26 @@ from food_assets.ml.models.clip.text import (
 )
 from food_assets.ml.models.registry import ModelSpec, register
 
+# One entry per model: the builder, preprocessing, Grad-CAM layer and defaults are data; the fit
+# hook names the card after the entry. A second architecture is one more entry.
+_CLIP_ENTRY: dict = dict(
+    cam_layer=CAM_LAYER,
+    cam_reshape=vit_tokens_to_map,
+    onnx=True,
+    default_weights=DEFAULT_PRETRAINED,
+    config_cls=ClipConfig,
+    kinds=("pytorch", "clip"),
+)
+
 register(
     ModelSpec(
         name="clip_zero_shot",
         family="zero_shot",
         build=build_clip_zero_shot,
         preprocess=default_preprocess,
-        cam_layer=CAM_LAYER,
-        cam_reshape=vit_tokens_to_map,
-        onnx=True,
-        default_weights=DEFAULT_PRETRAINED,
+        fit=fit_zero_shot,
         description="CLIP ViT-B/32 zero-shot: a prompt-ensembled class matrix, no training",
+        **_CLIP_ENTRY,
     )
 )
 register(
@@ -73,11 +89,23 @@ register(
         family="probe",
         build=build_clip_linear_probe,
         preprocess=default_preprocess,
-        cam_layer=CAM_LAYER,
-        cam_reshape=vit_tokens_to_map,
-        onnx=True,
-        default_weights=DEFAULT_PRETRAINED,
+        fit=fit_linear_probe,
         description="CLIP ViT-B/32 linear probe: logistic regression on frozen image features",
+        **_CLIP_ENTRY,
+    )
+)
+register(
+    ModelSpec(
+        name="clip_vit_l14_zero_shot",
+        family="zero_shot",
+        # partial, not a lambda: specs stay picklable. A bundle's build_kwargs (its arch) win.
+        build=functools.partial(build_clip_zero_shot, arch="ViT-L-14"),
+        preprocess=functools.partial(default_preprocess, "ViT-L-14", DEFAULT_PRETRAINED),
+        fit=fit_zero_shot,
+        config_defaults={"arch": "ViT-L-14"},
+        description="CLIP ViT-L/14 zero-shot (OpenAI weights; a 304 M-param image tower at "
+        "224 px): the same prompt ensemble on a larger tower",
+        **_CLIP_ENTRY,
     )
 )
 
@@ -102,6 +130,8 @@ __all__ = [
     "default_preprocess",
     "fit_clip_linear_probe",
     "fit_clip_zero_shot",
+    "fit_linear_probe",
+    "fit_zero_shot",
     "load_class_embeddings",
     "load_clip",
     "preprocess_from_open_clip",

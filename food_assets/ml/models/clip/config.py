@@ -1,14 +1,15 @@
-"""`ClipConfig`, the one settings object of both CLIP assets, and the CLIP defaults."""
+"""`ClipConfig`, the one settings object of every CLIP model, and the CLIP defaults."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from food_assets.ml.errors import ConfigError
+from food_assets.ml.models.registry import setting
 
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -37,56 +38,87 @@ CAM_LAYER = "visual.transformer.resblocks.-1.ln_1"
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """Everything a CLIP asset needs; defaults reproduce OpenAI ViT-B/32.
+    """Everything a CLIP model needs; defaults reproduce OpenAI ViT-B/32.
 
-    Attributes:
-        arch: open_clip architecture name (`open_clip.list_models()`), or the name given to
-            `model_cfg`.
-        weights: open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`, ...), a path to a local
-            open_clip checkpoint, or `none` (random init; needs `allow_random`).
-        checkpoint: local file (or folder holding `open_clip_model.safetensors` /
-            `open_clip_pytorch_model.bin`) with the weights of the `weights` tag; it wins over the
-            Hugging Face cache. The tag still supplies preprocessing and QuickGELU.
-        model_cfg: a custom open_clip model config dict (`embed_dim`, `vision_cfg`, `text_cfg`),
-            registered under `arch`; used by tests with a tiny ViT.
-        quick_gelu: force QuickGELU on/off; None takes it from the tag (OpenAI weights need it).
-        allow_random: allow `weights="none"` (tests, benchmarks). Predictions are then meaningless.
-        allow_download: let open_clip fetch a tag missing from the cache (needs the hub).
-        cache_dir: Hugging Face cache folder to look in; None uses HF_HOME / the default.
-        extra_templates: prompt templates added to `DEFAULT_TEMPLATES` (`{c}` = class name).
-        class_name_overrides: raw class name -> prompt text (`{"pho": "pho noodle soup"}`).
-        class_embeddings: path to a `class_embeddings.safetensors` written by an earlier run,
-            reused instead of encoding the prompts (its class order and weights must match).
-        template_eval_splits: splits on which each template is scored alone (zero-shot).
-        batch_size, num_workers: image batches for feature extraction.
-        k_shots: images per class for the few-shot probes (skipped where data is too short).
-        c_grid: inverse L2 strengths tried on val for the logistic regression.
-        max_iter: L-BFGS iterations for the logistic regression.
-        seed: k-shot sampling and random init.
-        device: `cpu`, `cuda`, `cuda:1`, or `auto`.
+    The Dagster run config of every CLIP model is derived from this class (a field here is a
+    run-config key with this default and description, docs/adr/0008-one-config-source.md); a
+    registry entry may override defaults (`ModelSpec.config_defaults`, e.g. `arch: ViT-L-14`).
     """
 
-    arch: str = DEFAULT_ARCH
-    weights: str = DEFAULT_PRETRAINED
-    checkpoint: str | None = None
-    model_cfg: dict[str, Any] | None = None
-    quick_gelu: bool | None = None
-    allow_random: bool = False
-    allow_download: bool = False
-    cache_dir: str | None = None
-    extra_templates: tuple[str, ...] = ()
-    class_name_overrides: Mapping[str, str] = field(default_factory=dict)
-    class_embeddings: str | None = None
-    template_eval_splits: tuple[str, ...] = ("val",)
-    batch_size: int = 64
-    num_workers: int = 0
-    k_shots: tuple[int, ...] = (1, 2, 4, 8, 16)
-    c_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
-    max_iter: int = 1000
-    seed: int = 0
-    device: str = "auto"
+    arch: str = setting(
+        DEFAULT_ARCH,
+        description="open_clip architecture (open_clip.list_models(): ViT-B-32, ViT-L-14, ...), "
+        "or the name given to model_cfg",
+    )
+    weights: str = setting(
+        DEFAULT_PRETRAINED,
+        description="open_clip pretrained tag (openai, laion2b_s34b_b79k, ...), a path to a local "
+        "open_clip checkpoint, or none (random init; needs allow_random)",
+    )
+    checkpoint: str | None = setting(
+        None,
+        description="local file (or folder holding open_clip_model.safetensors / "
+        "open_clip_pytorch_model.bin) with the weights of the `weights` tag, for offline use; it "
+        "wins over the Hugging Face cache. The tag still supplies preprocessing and QuickGELU",
+    )
+    on_missing_weights: Literal["error", "skip"] = setting(
+        "skip",
+        description="when no weights can be found on this machine: skip the model with the "
+        "reason (skip) or fail (error)",
+    )
+    model_cfg: dict[str, Any] | None = setting(
+        None,
+        description="a custom open_clip model config (embed_dim, vision_cfg, text_cfg), "
+        "registered under `arch` (tiny test models)",
+    )
+    quick_gelu: bool | None = setting(
+        None, description="force QuickGELU on/off; null: from the tag (OpenAI weights need it)"
+    )
+    allow_random: bool = setting(
+        False,
+        description="allow weights: none (tests, benchmarks); predictions are then meaningless",
+    )
+    allow_download: bool = setting(
+        False, description="let open_clip fetch a tag missing from the cache (needs the hub)"
+    )
+    cache_dir: str | None = setting(
+        None, description="Hugging Face cache folder to look in; null: HF_HOME / the default"
+    )
+    extra_templates: tuple[str, ...] = setting(
+        (), description="prompt templates added to the defaults ({c} is the class name)"
+    )
+    class_name_overrides: Mapping[str, str] = setting(
+        default_factory=dict,
+        description='raw class name -> prompt text ({"pho": "pho noodle soup"})',
+    )
+    class_embeddings: str | None = setting(
+        None,
+        description="path to a class_embeddings.safetensors written by an earlier run, reused "
+        "instead of encoding the prompts (its class order and weights must match)",
+    )
+    template_eval_splits: tuple[str, ...] = setting(
+        ("val",), description="zero-shot: splits on which each template is also scored alone"
+    )
+    batch_size: int = setting(64, description="images per batch for feature extraction")
+    num_workers: int = setting(0, description="DataLoader worker processes")
+    k_shots: tuple[int, ...] = setting(
+        (1, 2, 4, 8, 16),
+        description="linear probe: images per class for the few-shot probes (skipped where "
+        "the data is too short)",
+    )
+    c_grid: tuple[float, ...] = setting(
+        (0.1, 1.0, 10.0, 100.0, 1000.0),
+        description="linear probe: inverse L2 strengths tried on val",
+    )
+    max_iter: int = setting(1000, description="linear probe: L-BFGS iterations")
+    seed: int = setting(0, description="k-shot sampling and random init")
+    device: str = setting("auto", description="cpu | cuda | cuda:1 | auto")
 
     def __post_init__(self) -> None:
+        if self.on_missing_weights not in ("error", "skip"):
+            raise ConfigError(
+                f"on_missing_weights {self.on_missing_weights!r} is not one of error, skip"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
         if any(int(k) < 1 for k in self.k_shots):

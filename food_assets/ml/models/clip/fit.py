@@ -6,7 +6,9 @@
   and split manifest content), fit a multinomial logistic regression with C picked on val, run the
   k-shot variants, and copy the coefficients into the module's linear head.
 
-Both share the image-feature cache below. The zero-shot scoring is in `zero_shot.py`, the
+Both share the image-feature cache below. `fit_zero_shot` and `fit_linear_probe` are the registry
+fit hooks (`fit(spec, splits, config, out_dir, context)`): they apply `on_missing_weights` and
+name the model card after the spec. The zero-shot scoring is in `zero_shot.py`, the
 scikit-learn side of the probe in `probe.py`. This module sits on top of the package: it imports
 the others and none of them imports it.
 """
@@ -31,7 +33,7 @@ from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import DataSourceError
 from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
 from food_assets.ml.models.clip.config import ClipConfig
-from food_assets.ml.models.clip.loading import LoadedClip, load_clip
+from food_assets.ml.models.clip.loading import LoadedClip, clip_weights_available, load_clip
 from food_assets.ml.models.clip.modules import ClipLinearProbe, ClipZeroShotClassifier
 from food_assets.ml.models.clip.probe import fit_probe, head_parity, kshot_figure
 from food_assets.ml.models.clip.text import save_class_embeddings
@@ -40,6 +42,7 @@ from food_assets.ml.models.clip.zero_shot import (
     single_template_matrices,
     zero_shot_embeddings,
 )
+from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
 
 FEATURE_CACHE_VERSION = 1
 BUNDLE_DIR = "bundle"
@@ -213,11 +216,14 @@ def fit_clip_zero_shot(
     out_dir: Path,
     *,
     feature_cache_dir: Path | None = None,
+    name: str = "clip_zero_shot",
 ) -> FitResult:
     """Build the zero-shot classifier for the split's class map and score its templates.
 
     Writes `out_dir/bundle/` (the model), `out_dir/class_embeddings.safetensors` (the class
-    matrix with its class order) and `out_dir/template_accuracy.parquet`.
+    matrix with its class order) and `out_dir/template_accuracy.parquet`. `name` is the registry
+    entry the model card names (the bundle is rebuilt from it); `fit_zero_shot`, the registry
+    hook, passes the spec's name.
 
     Raises:
         WeightsNotFoundError / ConfigError: no usable weights (see `clip_weights_available`).
@@ -249,7 +255,7 @@ def fit_clip_zero_shot(
     emb_path = save_class_embeddings(out_dir / "class_embeddings.safetensors", emb)
     table_path = write_parquet(out_dir / "template_accuracy.parquet", table)
     metrics = {k: v for k, v in metadata.items() if k.endswith("/acc_top1")}
-    card = _model_card("clip_zero_shot", "zero_shot", loaded, names, metrics)
+    card = _model_card(name, "zero_shot", loaded, names, metrics)
     bundle = save_bundle(out_dir / BUNDLE_DIR, model.cpu(), card)
     metadata.update(_common_metadata(loaded, cfg))
     metadata.update(
@@ -281,13 +287,15 @@ def fit_clip_linear_probe(
     cfg: ClipConfig,
     out_dir: Path,
     *,
-    feature_cache_dir: Path,
+    feature_cache_dir: Path | None,
+    name: str = "clip_linear_probe",
 ) -> FitResult:
     """Logistic regression on frozen CLIP image features, full data and k-shot.
 
     Writes `out_dir/bundle/` (image tower + linear head), `out_dir/kshot.parquet` and
     `out_dir/kshot.png`. Features live in `feature_cache_dir`; a second call with the same model,
-    weights and splits reads them instead of running the image tower.
+    weights and splits reads them instead of running the image tower. `name` is the registry
+    entry the model card names; `fit_linear_probe`, the registry hook, passes the spec's name.
 
     Raises:
         WeightsNotFoundError / ConfigError: no usable weights.
@@ -314,7 +322,7 @@ def fit_clip_linear_probe(
     kshot_path = write_parquet(out_dir / "kshot.parquet", fitted.kshot)
     plot_path = write_figure(out_dir / "kshot.png", kshot_figure(fitted.kshot, loaded.model_id))
     metrics = {"val/acc_top1": fitted.val_acc}
-    card = _model_card("clip_linear_probe", "linear_probe", loaded, names, metrics)
+    card = _model_card(name, "linear_probe", loaded, names, metrics)
     bundle = save_bundle(out_dir / BUNDLE_DIR, probe, card)
     metadata = _common_metadata(loaded, cfg)
     metadata.update(
@@ -339,6 +347,57 @@ def fit_clip_linear_probe(
         metadata=metadata,
         plots={"kshot_curve": plot_path},
         artifacts={"kshot_table": kshot_path},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry fit hooks: fit(spec, splits, config, out_dir, context) -> FitResult
+# --------------------------------------------------------------------------------------------
+
+
+def _skip_without_weights(cfg: ClipConfig) -> None:
+    """`on_missing_weights: skip`: decline before loading anything when no weights are here."""
+    if cfg.on_missing_weights == "skip":
+        ok, reason = clip_weights_available(cfg)
+        if not ok:
+            raise FitSkipped(reason)
+
+
+def fit_zero_shot(
+    spec: ModelSpec,
+    splits: SplitManifest,
+    config: ClipConfig,
+    out_dir: Path,
+    context: FitContext | None = None,
+) -> FitResult:
+    """Registry hook of the zero-shot entries: `fit_clip_zero_shot` under the spec's name.
+
+    Raises:
+        FitSkipped: no weights on this machine and `on_missing_weights: skip`.
+    """
+    context = context or FitContext()
+    _skip_without_weights(config)
+    return fit_clip_zero_shot(
+        splits, config, out_dir, feature_cache_dir=context.feature_cache_dir, name=spec.name
+    )
+
+
+def fit_linear_probe(
+    spec: ModelSpec,
+    splits: SplitManifest,
+    config: ClipConfig,
+    out_dir: Path,
+    context: FitContext | None = None,
+) -> FitResult:
+    """Registry hook of the linear-probe entries: `fit_clip_linear_probe` under the spec's name.
+
+    Raises:
+        FitSkipped: no weights on this machine and `on_missing_weights: skip`.
+    """
+    context = context or FitContext()
+    _skip_without_weights(config)
+    return fit_clip_linear_probe(
+        splits, config, out_dir, feature_cache_dir=context.feature_cache_dir, name=spec.name
     )
 
 
