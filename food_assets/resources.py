@@ -17,70 +17,86 @@ import dagster as dg
 from dagster_mlflow.resources import CONFIG_SCHEMA as MLFLOW_CONFIG_SCHEMA
 from pydantic import Field
 
-#: Everything a run writes lives under this folder (git-ignored); FOOD_ASSETS_DATA_DIR moves it.
-DEFAULT_DATA_DIR = "data"
-
-
-def default_data_dir() -> str:
-    return os.environ.get("FOOD_ASSETS_DATA_DIR", DEFAULT_DATA_DIR)
+from food_assets import layout
+from food_assets.config_classes import DerivedResource, config_class
+from food_assets.ml.training.config import ComputeConfig
+from food_assets.storage import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR  # re-exported
+from food_assets.storage import ArtifactStorage, default_artifact_root, default_data_dir
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """The artifact root: one folder per asset under `<data_dir>/artifacts/`."""
+    """The artifact root: one folder per asset, `<root>/artifacts/<asset>/` (`food_assets.layout`).
+
+    The root is the data folder by default, or any folder or fsspec URL (`s3://bucket/prefix`)
+    in `artifact_root`. Assets and the ml layer always work on local files: `asset_dir` is the
+    asset's folder in the local copy of the root, and the IO manager publishes it after the asset
+    wrote it and fetches upstream folders before a consumer reads them (`food_assets.storage`).
+    """
 
     data_dir: str = Field(
         default_factory=default_data_dir,
-        description="Root of everything runs write (artifacts, generated sources, caches).",
+        description="Local root of what runs write: sources, caches, the local copy of a remote "
+        "artifact root, and the artifacts themselves unless artifact_root says otherwise.",
+    )
+    artifact_root: str | None = Field(
+        default_factory=default_artifact_root,
+        description="Where asset folders live: a folder or an fsspec URL such as "
+        "s3://bucket/prefix (default: FOOD_ASSETS_ARTIFACT_ROOT, else data_dir).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="fsspec options for a remote root (e.g. endpoint_url); credentials come "
+        "from the environment (AWS_*), never from here.",
     )
 
     @property
+    def storage(self) -> ArtifactStorage:
+        return ArtifactStorage(
+            self.artifact_root or self.data_dir,
+            data_dir=self.data_dir,
+            storage_options=self.storage_options,
+        )
+
+    @property
     def root(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
+        """The local copy of the artifact root (the root itself when it is a folder)."""
+        return self.storage.local
 
     def asset_dir(self, name: str) -> Path:
-        path = self.root / "artifacts" / name
+        """The asset's own folder in the local copy of the root, created."""
+        path = self.storage.local_dir(name)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def fetch(self, name: str, *, prefix: str | None = None, missing_ok: bool = False) -> Path:
+        """An upstream asset's folder, made readable locally (a no-op for a local root)."""
+        return self.storage.fetch(name, prefix=prefix, missing_ok=missing_ok)
+
+    def location(self, path: str | os.PathLike[str]) -> str:
+        """Where a local artifact file lives in the root (a URL for a remote root)."""
+        return self.storage.location(path)
 
     def sources_dir(self) -> Path:
-        return self.root / "sources"
+        return layout.sources_dir(Path(self.data_dir).expanduser().resolve())
 
     def cache_dir(self, name: str) -> Path:
-        path = self.root / "cache" / name
+        path = layout.cache_dir(Path(self.data_dir).expanduser().resolve(), name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
 
-class LightningCompute(dg.ConfigurableResource):
+class LightningCompute(
+    config_class(ComputeConfig, name="LightningComputeFields", base=DerivedResource)
+):
     """The GPU resource: how Lightning trains (mirrors `lightning.Trainer` arguments).
 
-    The defaults pick a GPU when one is present and the CPU otherwise. A multi-GPU node sets
-    `devices: 4, strategy: ddp`; a cluster adds `num_nodes`.
+    Its fields, defaults and descriptions are `food_assets.ml.training.ComputeConfig`'s
+    (`food_assets/config_classes.py`). The defaults pick a GPU when one is present and the CPU
+    otherwise. A multi-GPU node sets `devices: "4", strategy: ddp`; a cluster adds `num_nodes`.
     """
 
-    accelerator: str = Field(default="auto", description="auto | cpu | gpu | cuda | mps")
-    devices: str = Field(default="auto", description='"auto", a count like "2", or "0,1"')
-    precision: str = Field(
-        default="32-true", description="32-true | 16-mixed | bf16-mixed (mixed needs a GPU)"
-    )
-    strategy: str = Field(default="auto", description="auto | ddp | ddp_spawn | fsdp ...")
-    num_nodes: int = Field(default=1, ge=1)
-    deterministic: bool = Field(default=False, description="cuDNN/torch deterministic kernels")
-
-    def compute_config(self) -> Any:
-        from food_assets.ml.training import ComputeConfig
-
-        devices: Any = self.devices
-        if isinstance(devices, str) and devices.isdigit():
-            devices = int(devices)
-        return ComputeConfig(
-            accelerator=self.accelerator,
-            devices=devices,
-            precision=self.precision,
-            strategy=self.strategy,
-            num_nodes=self.num_nodes,
-            deterministic=self.deterministic,
-        )
+    def compute_config(self) -> ComputeConfig:
+        return self.to_ml()
 
 
 class QualityGates(dg.ConfigurableResource):
@@ -103,14 +119,14 @@ def mlflow_tracking_uri(data_dir: str | None = None) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and data_dir is None:
         return env
-    root = Path(data_dir or default_data_dir()).expanduser().resolve() / "mlflow"
+    root = layout.mlflow_dir(Path(data_dir or default_data_dir()).expanduser().resolve())
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def _mlflow_artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+        return layout.mlflow_artifacts_dir(Path(uri[len("sqlite:///") :]).parent).as_uri()
     return None
 
 
@@ -194,13 +210,22 @@ def _end_stale_runs(dagster_run_id: str | None) -> None:
 
 def default_resources(data_dir: str | None = None) -> dict[str, Any]:
     """The code location's resources; `data_dir` (default: FOOD_ASSETS_DATA_DIR or ./data)
-    roots the artifacts and the embedded MLflow store."""
+    roots the artifacts and the embedded MLflow store. The artifact root is the data folder
+    unless FOOD_ASSETS_ARTIFACT_ROOT names another folder or an object-store URL."""
     # An explicit data_dir keeps everything, MLflow included, inside it (tests); otherwise
     # MLFLOW_TRACKING_URI, when set, points the tracking at a server.
+    from food_assets.io_manager import AssetValueIOManager
+
     uri = mlflow_tracking_uri(data_dir)
     data_dir = data_dir or default_data_dir()
+    # Configured at launch, so that run config (`resources: {artifact_store: {config: ...}}`)
+    # reaches the IO manager too: Dagster resolves its dependency to this same top-level key.
+    store = ArtifactStore.configure_at_launch(data_dir=data_dir)
     return {
-        "artifact_store": ArtifactStore(data_dir=data_dir),
+        "artifact_store": store,
+        # Every asset value as a JSON record in its own folder (ADR 0009), not a pickle in
+        # Dagster's storage folder.
+        "io_manager": AssetValueIOManager(artifact_store=store),
         "compute": LightningCompute(),
         "quality": QualityGates(),
         "mlflow": food_mlflow.configured(

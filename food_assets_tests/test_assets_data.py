@@ -23,6 +23,14 @@ DATA_ASSETS = [
 ]
 
 
+DATA_CHECKS = (
+    "quarantine_share_under_limit",
+    "every_class_in_every_split",
+    "no_image_in_two_splits",
+    "no_content_leak_train_test",
+)
+
+
 def _run(resources, run_config, **kw):
     return dg.materialize(DATA_ASSETS, resources=resources, run_config={"ops": run_config}, **kw)
 
@@ -83,14 +91,16 @@ def test_bad_files_are_quarantined_and_the_gate_blocks_splits(tmp_path, resource
     relaxed = {**resources, "quality": QualityGates(max_quarantine_share=0.5)}
     # Two classes ("good" with 6, "odd" with 7 usable) are enough to split.
     result = _run(relaxed, config)
-    assert result.success and _checks(result)["quarantine_share_under_limit"]
+    assert result.success and _checks(result)["quarantine_share_under_limit"] is True
 
 
 def test_food101_official_test_split_is_kept(tmp_path, resources):
     make_fake_food101(tmp_path / "f101")
     config = {"food_images_raw": {"config": {"source": "food101", "root": str(tmp_path / "f101")}}}
     result = _run(resources, config)
-    assert result.success and all(_checks(result).values())
+    # Every data check ran and passed (`all()` of no checks at all was True).
+    # Breakage tried: the checks left out of the run; this now fails.
+    assert result.success and _checks(result) == dict.fromkeys(DATA_CHECKS, True)
     frame = result.output_for_node("food_splits").frame()
     test_ids = set(frame.loc[frame.split == "test", "path"].map(lambda p: Path(p).stem))
     official = (tmp_path / "f101" / "food-101" / "meta" / "test.txt").read_text().split()

@@ -17,6 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from food_assets.cli import app
+from food_assets_tests.reference import (
+    assert_reference_discriminates,
+    assert_top_k_matches,
+    reference_top_k,
+    spread_logits,
+)
 
 CLASSES = ["apple_pie", "pizza", "sushi"]
 COMMANDS = ["predict", "models", "train", "evaluate", "export", "demo"]
@@ -29,7 +35,8 @@ def runner() -> CliRunner:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny custom_cnn bundle (random weights, 3 classes, 32 px) and its ONNX export."""
+    """A tiny custom_cnn bundle (random weights, 3 classes, 32 px, temperature 1.7) and its ONNX
+    export."""
     import torch
 
     from food_assets.ml.data.transforms import Preprocess
@@ -40,10 +47,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     model = create_model("custom_cnn", num_classes=len(CLASSES), weights="none").eval()
-    with torch.no_grad():  # the fresh head gives near-uniform output; spread it so ranks differ
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    card = ModelCard(name="custom_cnn", class_names=CLASSES, preprocess=Preprocess(input_size=32))
+    # Fresh, it gives 1/3 to every class (or, with noisy weights, 1.0 to one class for every
+    # image); spread the logits over a few units so ranks and the temperature both show.
+    spread_logits(model, 32, seed=0)
+    card = ModelCard(
+        name="custom_cnn",
+        class_names=CLASSES,
+        preprocess=Preprocess(input_size=32),
+        temperature=1.7,
+    )
     bundle = save_bundle(root / "bundle", model, card)
     onnx_file = export_onnx(model, card, root / "model.onnx")
     return {"bundle": bundle, "onnx": onnx_file}
@@ -132,6 +144,60 @@ def test_predict_csv_and_table_agree(runner: CliRunner, exported, photos: Path) 
     for name in GOOD:
         assert name in table.stdout
     assert per_file["a.png"][0]["label"] in table.stdout
+
+
+def _parse_predictions(fmt: str, stdout: str) -> dict[str, list[tuple[str, float]]]:
+    """File name -> [(class, probability), ...] as `predict` printed them, in printed order."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    if fmt == "json":
+        for item in json.loads(stdout):
+            top = [(e["label"], e["probability"]) for e in item["top_k"]]
+            # The top-level fields repeat the first entry.
+            assert (item["label"], item["probability"]) == top[0]
+            out[Path(item["path"]).name] = top
+    elif fmt == "csv":
+        for row in csv.DictReader(io.StringIO(stdout)):
+            top = out.setdefault(Path(row["path"]).name, [])
+            assert int(row["rank"]) == len(top) + 1
+            top.append((row["label"], float(row["probability"])))
+    else:  # the rich table: a file's name on its first row, empty on the next ranks
+        name = None
+        for line in stdout.splitlines():
+            cells = [c.strip() for c in line.split("│")[1:-1]]
+            if len(cells) != 4 or not cells[1].isdigit():
+                continue
+            name = Path(cells[0]).name if cells[0] else name
+            top = out.setdefault(name, [])
+            assert int(cells[1]) == len(top) + 1
+            top.append((cells[2], float(cells[3])))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+@pytest.mark.parametrize("kind", ["onnx", "bundle"])
+def test_predict_reports_the_models_own_top_k(
+    runner: CliRunner, exported, photos: Path, kind: str, fmt: str
+) -> None:
+    """Every printed class and probability is the bundle's own softmax(logits / T), ranked.
+
+    The expected answer comes from `load_bundle` and eager PyTorch, not from the predictor.
+    Breakages tried, each fails this test: class names reversed in `Predictor._setup`
+    (`tuple(class_names)[::-1]`); the temperature ignored there; results ranked ascending in
+    `predict_paths`; the JSON writer's probabilities shifted by one rank (the json cases).
+    """
+    files = [photos / "a.png", photos / "b.jpg", photos / "sub" / "c.jpg"]
+    expected = reference_top_k(exported["bundle"], files)
+    assert_reference_discriminates(exported["bundle"], files, expected)
+    result = runner.invoke(
+        app,
+        ["predict", *map(str, files), "--from", str(exported[kind]), "-k", "3", "-f", fmt],
+    )
+    assert result.exit_code == 0, result.output
+    printed = _parse_predictions(fmt, result.stdout)
+    assert list(printed) == [f.name for f in files]
+    tol = 5e-5 + 1e-6 if fmt == "table" else 1e-5  # the table rounds to 4 decimals
+    for f, top in zip(files, expected, strict=True):
+        assert_top_k_matches(printed[f.name], top, tol=tol)
 
 
 def test_predict_bad_file_line_on_stderr(runner: CliRunner, exported, photos: Path) -> None:

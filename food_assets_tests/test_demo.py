@@ -17,6 +17,12 @@ from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import UnknownModelError
 from food_assets.ml.models.registry import list_models
 from food_assets_tests.images import noisy_jpeg
+from food_assets_tests.reference import (
+    assert_reference_discriminates,
+    assert_top_k_matches,
+    reference_top_k,
+    spread_logits,
+)
 
 MODEL = "custom_cnn"
 CLASSES = ["pizza", "donuts", "waffles", "french_fries"]
@@ -29,8 +35,9 @@ pytestmark = pytest.mark.skipif(
 def make_model_dir(root: Path, *, bundle: bool = True, onnx: bool = True) -> Path:
     """A data folder laid out like a run's (`artifacts/model_<m>/bundle`, `onnx_<m>/model.onnx`).
 
-    The network is untrained, but its classifier gets large random weights so that the classes
-    get different probabilities and Grad-CAM has a gradient to follow.
+    The network is untrained, but `spread_logits` makes its answers decisive (fresh, it gives
+    every class 1/4 whatever the image), so the classes get different probabilities, the
+    temperature (1.5) matters and Grad-CAM has a gradient to follow.
     """
     from food_assets import catalog
     from food_assets.ml.export import export_onnx
@@ -39,9 +46,12 @@ def make_model_dir(root: Path, *, bundle: bool = True, onnx: bool = True) -> Pat
 
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=len(CLASSES), weights="none").eval()
-    torch.nn.init.normal_(model.get_classifier().weight, std=1.0)
+    spread_logits(model, 64, seed=0)
     card = ModelCard(
-        name=MODEL, class_names=CLASSES, preprocess=Preprocess(input_size=64, crop_pct=0.9)
+        name=MODEL,
+        class_names=CLASSES,
+        preprocess=Preprocess(input_size=64, crop_pct=0.9),
+        temperature=1.5,
     )
     if bundle:
         save_bundle(catalog.bundle_path(MODEL, root), model, card)
@@ -71,9 +81,18 @@ def onnx_only_dir(full_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return _copy_part(full_dir, f"onnx_{MODEL}", tmp_path_factory.mktemp("onnx") / "data")
 
 
+#: The temperature evaluation_<MODEL> fitted, in its own calibration.json: what a bundle answers
+#: with (ADR 0009), deliberately not the card's 1.5.
+CALIBRATED_T = 2.0
+
+
 @pytest.fixture(scope="module")
 def bundle_only_dir(full_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _copy_part(full_dir, f"model_{MODEL}", tmp_path_factory.mktemp("bundle") / "data")
+    root = _copy_part(full_dir, f"model_{MODEL}", tmp_path_factory.mktemp("bundle") / "data")
+    calibration = root / "artifacts" / f"evaluation_{MODEL}" / "calibration.json"
+    calibration.parent.mkdir(parents=True)
+    calibration.write_text(f'{{"temperature": {CALIBRATED_T}}}')
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +117,42 @@ def test_predict_returns_top3_and_gradcam_overlay(service: demo.DemoService, pho
     # The answer came from the ONNX export (faster); the info box says which file and accuracy.
     assert "ONNX Runtime" in result.info and "model.onnx" in result.info
     assert "81.2%" in result.info
+
+
+@pytest.mark.parametrize("source", ["onnx", "bundle"])
+def test_predict_reports_the_models_own_top3(
+    full_dir: Path, bundle_only_dir: Path, tmp_path: Path, source: str
+) -> None:
+    """The page's top 3 are the bundle's own softmax(logits / T): same classes, same order, same
+    probabilities, from the ONNX export (full folder) and from the bundle alone.
+
+    The expected answer comes from `load_bundle` and eager PyTorch, not from the predictor.
+    Breakages tried, each fails this test: class names reversed in `Predictor._setup`
+    (`tuple(class_names)[::-1]`); the temperature ignored there; `_classify` ranking ascending.
+    """
+    from food_assets import catalog
+
+    rng = np.random.default_rng(7)
+    photos = []
+    for name, (w, h) in (("upload.png", (96, 80)), ("upload.jpg", (120, 100))):
+        # Small enough that the service decodes them whole (no JPEG draft): the reference
+        # then sees the same pixels.
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / name)
+        photos.append(tmp_path / name)
+    bundle = catalog.bundle_path(MODEL, full_dir)
+    decoded = [Image.open(p).convert("RGB") for p in photos]
+    # The export embeds its temperature (the card's here); a bundle takes the evaluation's.
+    expected = reference_top_k(
+        bundle, decoded, temperature=None if source == "onnx" else CALIBRATED_T
+    )
+    assert_reference_discriminates(bundle, decoded, expected)
+    service = demo.DemoService(full_dir if source == "onnx" else bundle_only_dir)
+    for path, top in zip(photos, expected, strict=True):
+        result = service.predict(path, MODEL)
+        assert result.ok, result.message
+        assert ("ONNX Runtime" if source == "onnx" else "PyTorch bundle") in result.info
+        assert_top_k_matches(list(result.top.items()), top[: demo.TOP_K])
 
 
 def test_bundled_examples_predict(service: demo.DemoService) -> None:
@@ -184,7 +239,7 @@ def test_model_is_loaded_once(full_dir: Path, photo: Path, monkeypatch) -> None:
         calls.append(entry.name)
         return real(entry)
 
-    monkeypatch.setattr(demo, "load_model", counting)
+    monkeypatch.setattr(demo.service, "load_model", counting)  # where DemoService looks it up
     service = demo.DemoService(full_dir)
     # Four first requests at once, then more: one load in all.
     threads = [threading.Thread(target=service.predict, args=(photo, MODEL)) for _ in range(4)]

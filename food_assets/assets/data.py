@@ -12,6 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from food_assets import layout
 from food_assets.assets._common import check_result, md_table, user_errors
 from food_assets.ml import artifacts
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
@@ -106,9 +107,11 @@ def food_images_raw(
                 f"none of the {len(listing.files)} files under {listing.root} is a usable image; "
                 "see the quarantine list in the logs"
             )
-        out = artifact_store.asset_dir("food_images_raw")
-        manifest_path = artifacts.write_parquet(out / "manifest.parquet", result.manifest)
-        quarantine_path = artifacts.write_parquet(out / "quarantine.parquet", result.quarantine)
+        root = artifact_store.root  # the local copy; the IO manager publishes the folder
+        manifest_path = artifacts.write_parquet(layout.raw_manifest_file(root), result.manifest)
+        quarantine_path = artifacts.write_parquet(
+            layout.raw_quarantine_file(root), result.quarantine
+        )
 
     for row in result.quarantine.itertuples():
         context.log.warning(f"quarantined {row.path}: {row.reason}")
@@ -136,7 +139,7 @@ def food_images_raw(
             "modes": md_table(
                 result.manifest.groupby("mode").size().rename("images").reset_index()
             ),
-            "manifest": dg.MetadataValue.path(str(manifest_path)),
+            "manifest": dg.MetadataValue.path(artifact_store.location(manifest_path)),
         },
     )
 
@@ -167,9 +170,9 @@ def food_splits(
             test_fraction=config.test_fraction,
             seed=config.seed,
         )
-        out = artifact_store.asset_dir("food_splits")
-        path = artifacts.write_parquet(out / "splits.parquet", frame)
-        artifacts.write_json(out / "class_map.json", {i: c for i, c in enumerate(class_names)})
+        root = artifact_store.root
+        path = artifacts.write_parquet(layout.splits_file(root), frame)
+        artifacts.write_json(layout.class_map_file(root), {i: c for i, c in enumerate(class_names)})
     counts = frame.pivot_table(index="label", columns="split", values="path", aggfunc="count")
     counts = counts.reindex(columns=list(SPLITS)).fillna(0).astype(int).reset_index()
     if dropped:
@@ -182,7 +185,7 @@ def food_splits(
             "dropped_train_duplicates_of_test": dropped,
             "seed": config.seed,
             "per_class": md_table(counts, max_rows=101),
-            "splits": dg.MetadataValue.path(str(path)),
+            "splits": dg.MetadataValue.path(artifact_store.location(path)),
         },
     )
 

@@ -1,8 +1,10 @@
 """`evaluation_<name>` for every model, the accuracy checks, and `model_comparison`.
 
-Evaluation runs on the test split, with temperature scaling fitted on val; the fitted
-temperature is written back into the model's bundle card so that every later consumer
-(`onnx_<name>`, `predict`, the demo) uses calibrated probabilities.
+Evaluation runs on the test split, with temperature scaling fitted on val. The fitted
+temperature goes into the evaluation's own folder (`calibration.json`, `layout.calibration_file`);
+nothing is written into the model's bundle. Consumers that need calibrated probabilities read it
+from there: `onnx_<name>` embeds it in the export's metadata, `predict` and the demo apply it to
+a bundle (`food_assets.catalog`).
 """
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
@@ -14,6 +16,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from food_assets import layout
 from food_assets.assets._common import (
     Skipped,
     md_image,
@@ -23,6 +26,7 @@ from food_assets.assets._common import (
     user_errors,
 )
 from food_assets.assets.models import TrainedModel
+from food_assets.catalog import calibration_record
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
@@ -75,7 +79,8 @@ class EvaluationConfig(dg.Config):
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """An `evaluation_<name>` asset's value."""
+    """An `evaluation_<name>` asset's value. `files["calibration"]` is the calibration.json
+    that holds `temperature` for every consumer."""
 
     name: str
     source: str
@@ -109,15 +114,15 @@ def _log_to_model_run(run_id: str | None, result: Any) -> None:
 
 def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        name=f"evaluation_{name}",
+        name=layout.evaluation_asset(name),
         group_name=EVALUATION_GROUP,
-        ins={"model": dg.AssetIn(f"model_{name}")},
+        ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "parquet"},
         description=f"Test-split metrics, calibration and error analysis of model_{name}",
         check_specs=[
             dg.AssetCheckSpec(
                 ACCURACY_CHECK,
-                asset=f"evaluation_{name}",
+                asset=layout.evaluation_asset(name),
                 blocking=True,
                 description=f"test top-1 accuracy of {name} at or above the floor for its "
                 "data source (QualityGates.accuracy, else DEFAULT_ACCURACY_FLOORS)",
@@ -139,10 +144,10 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
             yield not_evaluated(reason, check_name=ACCURACY_CHECK)
             return
         from food_assets.ml.evaluation import check_class_maps, evaluate_model, predict_logits
-        from food_assets.ml.models.bundle import load_bundle, save_card
+        from food_assets.ml.models.bundle import load_bundle
 
         model: TrainedModel
-        out_dir = artifact_store.asset_dir(f"evaluation_{name}")
+        out_dir = artifact_store.asset_dir(layout.evaluation_asset(name))
         with user_errors():
             check_class_maps(list(model.class_names), list(food_splits.class_names))
             net, card = load_bundle(model.bundle_dir)
@@ -167,11 +172,18 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
                 seed=config.seed,
                 n_bootstrap=config.n_bootstrap,
             )
-            card.temperature = float(result.temperature)
-            card.metrics.update(
-                {k: float(v) for k, v in result.summary.items() if k.startswith("test/acc")}
+            # The evaluation's own folder, never the model's (its bundle stays as trained).
+            calibration = artifacts.write_json(
+                layout.calibration_file(artifact_store.root, name),
+                calibration_record(
+                    result.temperature,
+                    model=name,
+                    fitted_on="val",
+                    method="temperature scaling (minimum NLL on the val logits)",
+                    test_ece=_finite(result.summary.get("test/ece")),
+                    test_ece_calibrated=_finite(result.summary.get("test/ece_calibrated")),
+                ),
             )
-            save_card(model.bundle_dir, card)
             _log_to_model_run(model.mlflow_run_id, result)
 
         s = result.summary
@@ -187,7 +199,10 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
             "per_class": md_table(result.per_class, max_rows=101),
             "most_confused_pairs": md_table(result.confused_pairs, max_rows=20),
             "hardest_images": md_table(result.hardest, max_rows=24),
-            "predictions": dg.MetadataValue.path(str(result.files["predictions"])),
+            "predictions": dg.MetadataValue.path(
+                artifact_store.location(result.files["predictions"])
+            ),
+            "calibration": dg.MetadataValue.path(artifact_store.location(calibration)),
             "mlflow_run_id": model.mlflow_run_id or "n/a",
         }
         for plot_name, path in result.plots.items():
@@ -197,7 +212,7 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
             source=food_splits.source,
             summary={k: float(v) for k, v in s.items()},
             temperature=float(result.temperature),
-            files={**result.files, **result.plots},
+            files={**result.files, **result.plots, "calibration": calibration},
             model_metadata=dict(model.metadata),
         )
         yield dg.Output(report, metadata=metadata)
@@ -205,6 +220,14 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
         yield accuracy_check_result(report, quality)
 
     return _evaluation_asset
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and abs(v) != float("inf") else None
 
 
 def accuracy_check_result(report: EvaluationReport, quality: QualityGates) -> dg.AssetCheckResult:
@@ -226,9 +249,9 @@ EVALUATION_ASSETS = [build_evaluation_asset(name) for name in list_models()]
 
 @dg.asset(
     group_name=EVALUATION_GROUP,
-    ins={f"evaluation_{n}": dg.AssetIn(f"evaluation_{n}") for n in list_models()},
+    ins={layout.evaluation_asset(n): dg.AssetIn(layout.evaluation_asset(n)) for n in list_models()},
     # Runs after the exports so that it can report their measured CPU latency.
-    deps=[dg.AssetKey(f"onnx_{n}") for n in list_models()],
+    deps=[dg.AssetKey(layout.onnx_asset(n)) for n in list_models()],
     kinds={"pandas", "csv"},
     description="One table of every evaluated model: accuracy with CI, macro-F1, ECE, size, "
     "compute, train time and CPU latency; Markdown, CSV and a trade-off plot.",
@@ -240,7 +263,7 @@ def model_comparison(
 
     rows, skipped = [], []
     for key, report in sorted(evaluations.items()):
-        name = key.removeprefix("evaluation_")
+        name = layout.model_name_of(key)
         if isinstance(report, Skipped):
             skipped.append({"model": name, "reason": report.reason})
             continue
@@ -267,14 +290,14 @@ def model_comparison(
             }
         )
     with user_errors():
-        out = artifact_store.asset_dir("model_comparison")
+        out = artifact_store.asset_dir(layout.COMPARISON_ASSET)
         result = compare_models(rows)
         files = save_comparison(result, out)
-        artifacts.write_json(out / "skipped.json", skipped)
+        artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
     metadata: dict[str, Any] = {
         "comparison": dg.MetadataValue.md(result.markdown),
         "num_models": len(rows),
-        "csv": dg.MetadataValue.path(str(files["csv"])),
+        "csv": dg.MetadataValue.path(artifact_store.location(files["csv"])),
         "plot": md_image(files["plot"], alt="accuracy trade-off") if files.get("plot") else "n/a",
     }
     if skipped:
@@ -285,10 +308,15 @@ def model_comparison(
 
 
 def _latency_ms(store: ArtifactStore, name: str) -> float | None:
-    """CPU batch-1 latency (ONNX Runtime, else eager) measured by `onnx_<name>`, if any."""
+    """CPU batch-1 latency (ONNX Runtime, else eager) measured by `onnx_<name>`, if any.
+
+    `onnx_<name>` is a dependency, not an input, so its latency.json is fetched here (a no-op
+    for a local root)."""
     import json
 
-    path = store.root / "artifacts" / f"onnx_{name}" / "latency.json"
+    latency = layout.latency_file(store.root, name)
+    store.fetch(layout.onnx_asset(name), prefix=latency.name, missing_ok=True)
+    path = latency
     if not path.is_file():
         return None
     try:

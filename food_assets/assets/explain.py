@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from food_assets import layout
 from food_assets.assets._common import (
     Skipped,
     check_result,
@@ -56,15 +57,15 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
     spec = get_model_spec(name)
 
     @dg.asset(
-        name=f"gradcam_{name}",
+        name=layout.gradcam_asset(name),
         group_name=EXPLAIN_GROUP,
-        ins={"model": dg.AssetIn(f"model_{name}")},
+        ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "png"},
         description=f"Grad-CAM galleries of model_{name} (target layer {spec.cam_layer})",
         check_specs=[
             dg.AssetCheckSpec(
                 SANITY_CHECK,
-                asset=f"gradcam_{name}",
+                asset=layout.gradcam_asset(name),
                 description="CAMs point at the object more often than chance (pointing game on "
                 "the sample source), or removing the top-CAM region hurts more than a random one",
             )
@@ -97,7 +98,7 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
                 spec.cam_layer,
                 spec.cam_reshape,
                 food_splits.frame(config.split),
-                artifact_store.asset_dir(f"gradcam_{name}") / "report",
+                layout.gradcam_report_dir(artifact_store.root, name),
                 n_per_gallery=config.n_per_gallery,
                 classes=config.classes or None,
                 per_class=config.per_class,

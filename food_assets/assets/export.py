@@ -1,12 +1,14 @@
 """`onnx_<name>` for every model: export, ONNX Runtime parity on real validation images, and
 CPU latency (eager against ONNX Runtime); `onnx_parity` enforces the parity rule.
 
-The export runs after `evaluation_<name>` so that it carries the calibrated temperature, and a
-model that fails its accuracy gate is never exported.
+`onnx_<name>` takes `evaluation_<name>` as an input: the export embeds the temperature from the
+evaluation's calibration.json (the bundle itself stays uncalibrated), and a model that fails its
+accuracy gate is never exported (ADR 0005).
 """
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from food_assets import layout
 from food_assets.assets._common import (
     Skipped,
     md_table,
@@ -21,6 +24,7 @@ from food_assets.assets._common import (
     skipped_output,
     user_errors,
 )
+from food_assets.catalog import load_temperature
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
@@ -79,10 +83,12 @@ def build_export_asset(name: str) -> list:
     spec = get_model_spec(name)
 
     @dg.asset(
-        name=f"onnx_{name}",
+        name=layout.onnx_asset(name),
         group_name=EXPORT_GROUP,
-        ins={"model": dg.AssetIn(f"model_{name}")},
-        deps=[dg.AssetKey(f"evaluation_{name}")],
+        ins={
+            "model": dg.AssetIn(layout.model_asset(name)),
+            "evaluation": dg.AssetIn(layout.evaluation_asset(name)),
+        },
         kinds={"onnx"},
         description=f"model_{name} as ONNX (dynamic batch, class names, preprocessing and "
         "temperature in the metadata), with parity and CPU latency",
@@ -91,12 +97,18 @@ def build_export_asset(name: str) -> list:
         context: dg.AssetExecutionContext,
         config: ExportConfig,
         model: Any,
+        evaluation: Any,
         food_splits: SplitManifest,
         artifact_store: ArtifactStore,
         quality: QualityGates,
     ):
         if isinstance(model, Skipped):
             yield skipped_output(context, name, f"model_{name} was skipped: {model.reason}")
+            return
+        if isinstance(evaluation, Skipped):
+            yield skipped_output(
+                context, name, f"evaluation_{name} was skipped: {evaluation.reason}"
+            )
             return
         if not spec.onnx:
             yield skipped_output(context, name, f"{name} does not support ONNX export")
@@ -105,15 +117,19 @@ def build_export_asset(name: str) -> list:
         from food_assets.ml.export.onnx_export import export_onnx
         from food_assets.ml.models.bundle import load_bundle
 
-        out = artifact_store.asset_dir(f"onnx_{name}")
-        path = out / "model.onnx"
+        root = artifact_store.root
+        path = layout.onnx_file(root, name)
         with user_errors():
             net, card = load_bundle(model.bundle_dir)
+            # The evaluation's calibration, not the bundle's card (which stays as trained).
+            card = dataclasses.replace(
+                card, temperature=load_temperature(evaluation.files["calibration"])
+            )
             export_onnx(net, card, path, opset=config.opset)
             parity = run_parity(
                 path, model.bundle_dir, food_splits, config.parity_images, quality.onnx_atol
             )
-            artifacts.write_json(out / "parity.json", parity.to_dict())
+            artifacts.write_json(layout.parity_file(root, name), parity.to_dict())
             latency_path = None
             latency = None
             if config.measure_latency:
@@ -127,10 +143,10 @@ def build_export_asset(name: str) -> list:
                     name=name,
                 )
                 latency_path = artifacts.write_json(
-                    out / "latency.json", latency.to_dict(orient="records")
+                    layout.latency_file(root, name), latency.to_dict(orient="records")
                 )
         metadata: dict[str, Any] = {
-            "onnx": dg.MetadataValue.path(str(path)),
+            "onnx": dg.MetadataValue.path(artifact_store.location(path)),
             "size_mb": round(path.stat().st_size / 2**20, 2),
             "max_abs_logit_diff": float(parity.max_abs_diff),
             "top1_agreement": float(parity.top1_agreement),
@@ -154,7 +170,7 @@ def build_export_asset(name: str) -> list:
         blocking=True,
         additional_ins={
             "food_splits": dg.AssetIn("food_splits"),
-            "model": dg.AssetIn(f"model_{name}"),
+            "model": dg.AssetIn(layout.model_asset(name)),
         },
         description="ONNX Runtime logits within the tolerance of PyTorch (1e-4 fp32) and the "
         "same top-1 on every validation image, reading the file as a user would",
@@ -168,8 +184,10 @@ def build_export_asset(name: str) -> list:
             return not_evaluated(f"{name} does not support ONNX export")
         from food_assets.ml.errors import FoodAssetsError
 
-        path = artifact_store.root / "artifacts" / f"onnx_{name}" / "model.onnx"
         try:
+            # A check is a step of its own: fetch the export it reads (no-op for a local root).
+            artifact_store.fetch(layout.onnx_asset(name), prefix=layout.ONNX_FILE)
+            path = layout.onnx_file(artifact_store.root, name)
             report = run_parity(path, model.bundle_dir, food_splits, 32, quality.onnx_atol)
         except FoodAssetsError as exc:
             return dg.AssetCheckResult(passed=False, description=str(exc))
