@@ -5,7 +5,7 @@
 export DAGSTER_HOME := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast ui lint bench
+.PHONY: setup run test test-fast mutation ui lint bench
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,15 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -m "not slow" -q
+
+# Mutation testing of the modules that decide user-visible results ([tool.mutmut] in
+# pyproject.toml; docs/benchmarks.md, "Mutation testing"). A fresh mutants/ every time: mutmut
+# never refreshes the copies of files it does not mutate. 2 workers, one thread each.
+mutation: setup
+	rm -rf mutants
+	set -f; OMP_NUM_THREADS=1 .venv/bin/mutmut run --max-children 2 \
+		$$(.venv/bin/python scripts/mutation_score.py --globs)
+	.venv/bin/python scripts/mutation_score.py --fail-under 90
 
 ui: setup
 	.venv/bin/dagster dev -w workspace.yaml
