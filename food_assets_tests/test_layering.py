@@ -52,3 +52,15 @@ def test_a_forbidden_import_in_ml_breaks_the_contract(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "BROKEN" in proc.stdout
     assert "food_assets.ml.errors -> mlflow" in proc.stdout
+
+
+def test_ruff_lint_and_format_are_clean() -> None:
+    """Breakage caught: code that `make lint` would reject (an unused import, timm imported
+    outside ml/models, an unformatted file) landing because CI only runs the tests."""
+    ruff = Path(sys.executable).with_name("ruff")
+    paths = ["food_assets", "food_assets_tests", "benchmarks"]
+    for args in (["check", *paths], ["format", "--check", *paths]):
+        proc = subprocess.run(
+            [str(ruff), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, f"ruff {args[0]}:\n{proc.stdout}{proc.stderr}"
