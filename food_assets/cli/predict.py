@@ -30,7 +30,7 @@ from food_assets.cli.common import (
 
 if TYPE_CHECKING:  # only for type hints; importing them for real would load torch
     from food_assets.catalog import MaterializedModel
-    from food_assets.ml.inference.predictor import PredictionResult
+    from food_assets.ml.inference.predictor import PredictionResult, Predictor
 
 
 class OutputFormat(StrEnum):
@@ -72,19 +72,36 @@ def predict(
     the materialized model with the best test accuracy. Unreadable files are reported one by
     one (stderr, or the `error` field in JSON/CSV) and never stop the run.
     """
-    from food_assets.ml.inference.predictor import iter_image_files
-
     if model and from_path:
         raise UserError("pass either --model or --from, not both")
     # List the files before loading the model: a missing path is reported at once.
+    files = _list_image_files(paths)
+    predictor = _load_predictor(_resolve_model(ctx, model, from_path))
+    results = predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)
+    n_ok, n_bad = _write_results(_with_progress(results, len(files)), fmt)
+    summary = f"predicted {n_ok} of {len(files)} file(s)"
+    if n_bad:
+        summary += f"; {n_bad} could not be read"
+    err.print(summary, markup=False)
+    if n_ok == 0:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _list_image_files(paths: list[Path]) -> list[Path]:
+    """The image files under `paths`; a UserError when there is none to predict."""
+    from food_assets.ml.inference.predictor import iter_image_files
+
     files = list(iter_image_files(paths))
     if not files:
         raise UserError(
             f"no image files under {', '.join(map(str, paths))} (looked for common image "
             "extensions, hidden files skipped)"
         )
-    choice = _resolve_model(ctx, model, from_path)
+    return files
 
+
+def _load_predictor(choice: Path | MaterializedModel) -> Predictor:
+    """Load what `_resolve_model` chose and say on stderr which model (and file) answers."""
     if isinstance(choice, Path):
         from food_assets.ml.inference.predictor import load_predictor
 
@@ -99,15 +116,7 @@ def predict(
         if choice.onnx_path is None:
             err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
     err.print(f"model: {predictor.model_name} ({where})", soft_wrap=True, markup=False)
-
-    results = predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)
-    n_ok, n_bad = _write_results(_with_progress(results, len(files)), fmt)
-    summary = f"predicted {n_ok} of {len(files)} file(s)"
-    if n_bad:
-        summary += f"; {n_bad} could not be read"
-    err.print(summary, markup=False)
-    if n_ok == 0:
-        raise typer.Exit(EXIT_FAILED)
+    return predictor
 
 
 def _write_results(results: Iterator[PredictionResult], fmt: OutputFormat) -> tuple[int, int]:

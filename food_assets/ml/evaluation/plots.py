@@ -13,11 +13,47 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
 from food_assets.ml.data.images import open_image
 from food_assets.ml.errors import FoodAssetsError
+
+
+def _normalise_and_sort(
+    cm: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Row-normalised matrix in display order, per-class accuracy (original order), the order.
+
+    Worst class first; classes without test images (NaN rows) last; ties by name, so the order
+    is stable from run to run.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    support = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(support > 0, cm / support, np.nan)
+    acc = np.diag(norm)
+    order = sorted(range(cm.shape[0]), key=lambda i: (math.isnan(acc[i]), acc[i], class_names[i]))
+    return norm[np.ix_(order, order)], acc, order
+
+
+def _write_cell_values(ax: Axes, norm: np.ndarray, font: float) -> None:
+    """Print each non-negligible share in its cell (only called when the cells are big enough)."""
+    c = norm.shape[0]
+    for r in range(c):
+        for k in range(c):
+            v = norm[r, k]
+            if not math.isnan(v) and v >= 0.005:
+                ax.text(
+                    k,
+                    r,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=font - 1,
+                    color="black" if v > 0.5 else "white",
+                )
 
 
 def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
@@ -31,16 +67,8 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figur
     - The figure grows with the class count (about 0.17 inch per class) and the tick font
       shrinks to 5 pt, so every class name stays legible when the PNG is viewed at full size.
     """
-    cm = np.asarray(cm, dtype=np.float64)
-    c = cm.shape[0]
-    support = cm.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(support > 0, cm / support, np.nan)
-    acc = np.diag(norm)
-    # Worst first; classes without test images (NaN) last; ties by name so the order is stable.
-    order = sorted(range(c), key=lambda i: (math.isnan(acc[i]), acc[i], class_names[i]))
-    norm = norm[np.ix_(order, order)]
-
+    norm, acc, order = _normalise_and_sort(cm, class_names)
+    c = len(order)
     side = min(max(6.0, 0.17 * c + 3.0), 40.0)
     font = max(5.0, min(10.0, 500.0 / max(c, 1)))
     fig = Figure(figsize=(side + 1.5, side))
@@ -70,19 +98,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figur
     ax.set_ylabel("true class (per-class accuracy)")
     ax.set_title("Confusion matrix, row-normalised; classes sorted by accuracy, worst first")
     if c <= 25:
-        for r in range(c):
-            for k in range(c):
-                v = norm[r, k]
-                if not math.isnan(v) and v >= 0.005:
-                    ax.text(
-                        k,
-                        r,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=font - 1,
-                        color="black" if v > 0.5 else "white",
-                    )
+        _write_cell_values(ax, norm, font)
     cbar = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     cbar.set_label("share of the true class (square-root scale)")
     return fig

@@ -159,6 +159,55 @@ def _fill(images: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown fill {how!r}; use 'mean' or 'blur'")
 
 
+def _shifted_masks(mask: np.ndarray, seed: int) -> np.ndarray:
+    """Each mask moved by a random cyclic shift: same pixel count and shape, another place."""
+    rng = np.random.default_rng(seed)
+    h, w = mask.shape[1:]
+    return np.stack(
+        [np.roll(m, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1)) for m in mask]
+    )
+
+
+def _probability_drops(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: tuple[np.ndarray, np.ndarray],
+    targets: Sequence[int],
+    *,
+    fill: str,
+    temperature: float,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, how much the target's probability falls when each mask's pixels are filled.
+
+    The model runs in eval mode and gets its train/eval mode back afterwards, also on error.
+    """
+    mask_cam, mask_rand = masks
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tgt = torch.as_tensor(list(targets), dtype=torch.long)
+
+    def probs(x: torch.Tensor, idx: slice) -> torch.Tensor:
+        logits = model(x.to(device)).float().cpu() / temperature
+        return logits.softmax(dim=1).gather(1, tgt[idx, None]).squeeze(1)
+
+    drops_cam, drops_rand = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            idx = slice(start, start + batch_size)
+            x = images[idx].detach().float().cpu()
+            filled = _fill(x, fill)
+            m_cam = torch.from_numpy(mask_cam[idx])[:, None]
+            m_rand = torch.from_numpy(mask_rand[idx])[:, None]
+            p0 = probs(x, idx)
+            drops_cam.append(p0 - probs(torch.where(m_cam, filled, x), idx))
+            drops_rand.append(p0 - probs(torch.where(m_rand, filled, x), idx))
+    finally:
+        model.train(was_training)
+    return torch.cat(drops_cam).numpy(), torch.cat(drops_rand).numpy()
+
+
 @torch.no_grad()
 def deletion_test(
     model: nn.Module,
@@ -199,34 +248,15 @@ def deletion_test(
     if cams.shape[0] != n or cams.shape[1:] != tuple(images.shape[2:]):
         raise ValueError(f"CAMs {cams.shape} do not match images {tuple(images.shape)}")
     mask = top_fraction_mask(np.asarray(cams), fraction)
-    rng = np.random.default_rng(seed)
-    h, w = cams.shape[1:]
-    shifted = np.stack(
-        [np.roll(m, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1)) for m in mask]
+    dc, dr = _probability_drops(
+        model,
+        images,
+        (mask, _shifted_masks(mask, seed)),
+        targets,
+        fill=fill,
+        temperature=temperature,
+        batch_size=batch_size,
     )
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    tgt = torch.as_tensor(list(targets), dtype=torch.long)
-
-    def probs(x: torch.Tensor, idx: slice) -> torch.Tensor:
-        logits = model(x.to(device)).float().cpu() / temperature
-        return logits.softmax(dim=1).gather(1, tgt[idx, None]).squeeze(1)
-
-    drops_cam, drops_rand = [], []
-    try:
-        for start in range(0, n, batch_size):
-            idx = slice(start, start + batch_size)
-            x = images[idx].detach().float().cpu()
-            filled = _fill(x, fill)
-            m_cam = torch.from_numpy(mask[idx])[:, None]
-            m_rand = torch.from_numpy(shifted[idx])[:, None]
-            p0 = probs(x, idx)
-            drops_cam.append(p0 - probs(torch.where(m_cam, filled, x), idx))
-            drops_rand.append(p0 - probs(torch.where(m_rand, filled, x), idx))
-    finally:
-        model.train(was_training)
-    dc, dr = torch.cat(drops_cam).numpy(), torch.cat(drops_rand).numpy()
     return {
         "cam_drop": float(dc.mean()),
         "random_drop": float(dr.mean()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -151,83 +152,15 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        check(
-            self.mode is None or self.mode in MODES,
-            f"mode {self.mode!r} is not one of {', '.join(MODES)}",
-        )
-        check(
-            self.weights is None or (isinstance(self.weights, str) and self.weights.strip() != ""),
-            "weights must be 'imagenet', 'none' or a file path (got an empty value)",
-        )
-        check(
-            _is_int(self.epochs) and self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs!r})"
-        )
-        check(
-            _is_int(self.batch_size) and self.batch_size >= 1,
-            f"batch_size must be >= 1 (got {self.batch_size!r})",
-        )
-        check(_is_num(self.lr) and self.lr > 0, f"lr must be > 0 (got {self.lr!r})")
-        check(
-            _is_num(self.backbone_lr_mult) and 0 < self.backbone_lr_mult <= 1,
-            f"backbone_lr_mult must be in (0, 1] (got {self.backbone_lr_mult!r})",
-        )
-        check(
-            _is_num(self.weight_decay) and self.weight_decay >= 0,
-            f"weight_decay must be >= 0 (got {self.weight_decay!r})",
-        )
-        check(
-            _is_num(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
-            f"warmup_epochs must be in [0, epochs={self.epochs}] (got {self.warmup_epochs!r})",
-        )
-        check(
-            _is_num(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-            f"label_smoothing must be in [0, 1) (got {self.label_smoothing!r})",
-        )
-        check(
-            _is_int(self.frozen_epochs) and 0 <= self.frozen_epochs < self.epochs,
-            f"frozen_epochs must be in [0, epochs={self.epochs}) (got {self.frozen_epochs!r})",
-        )
-        check(
-            self.frozen_epochs == 0 or self.mode in (None, "finetune"),
-            "frozen_epochs only applies to mode finetune: set it to 0 or use mode: finetune",
-        )
-        check(
-            self.image_size is None or (_is_int(self.image_size) and self.image_size >= 16),
-            f"image_size must be >= 16 or null for the model default (got {self.image_size!r})",
-        )
-        check(
-            _is_int(self.num_workers) and self.num_workers >= 0,
-            f"num_workers must be >= 0 (got {self.num_workers!r})",
-        )
-        check(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
-        check(
-            self.early_stopping_patience is None
-            or (_is_int(self.early_stopping_patience) and self.early_stopping_patience >= 0),
-            f"early_stopping_patience must be >= 0 or null (got {self.early_stopping_patience!r})",
-        )
+        # Run config has one number type: a whole number >= 1 is a batch count (1.0 too).
         for name in ("limit_train_batches", "limit_val_batches"):
             v = getattr(self, name)
-            # Run config has one number type: a whole number >= 1 is a batch count (1.0 too).
             if isinstance(v, float) and v >= 1 and v.is_integer():
-                v = int(v)
-                object.__setattr__(self, name, v)
-            check(
-                v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1),
-                f"{name} must be a batch count >= 1, a fraction in (0, 1], or null (got {v!r})",
-            )
-        check(isinstance(self.build_kwargs, dict), "build_kwargs must be a mapping")
-        check(
-            self.on_missing_weights in ("error", "scratch", "skip"),
-            f"on_missing_weights {self.on_missing_weights!r} is not one of error, scratch, skip",
-        )
-        check(
-            _is_int(self.precise_bn_batches) and self.precise_bn_batches >= 0,
-            f"precise_bn_batches must be >= 0 (got {self.precise_bn_batches!r})",
-        )
+                object.__setattr__(self, name, int(v))
+        fields = vars(self)
+        for passes, message in _TRAIN_CHECKS:
+            if not passes(self):
+                raise ConfigError(message.format_map(fields))
 
     def resolve(self, *, default_weights: str, model_name: str) -> TrainConfig:
         """Fill in `mode` and `weights` for one model and check that they fit together.
@@ -261,9 +194,94 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
 
 
+# TrainConfig's checks as (passes, message) rows, run in order; the first failing row's message,
+# filled in from the fields, is raised. A row may assume the rows above it passed (warmup_epochs
+# is compared with epochs), which is why this is a sequence and the lambdas are lazy.
+_TRAIN_CHECKS: tuple[tuple[Callable[[TrainConfig], bool], str], ...] = (
+    (
+        lambda c: c.mode is None or c.mode in MODES,
+        f"mode {{mode!r}} is not one of {', '.join(MODES)}",
+    ),
+    (
+        lambda c: c.weights is None or (isinstance(c.weights, str) and c.weights.strip() != ""),
+        "weights must be 'imagenet', 'none' or a file path (got an empty value)",
+    ),
+    (lambda c: _is_int(c.epochs) and c.epochs >= 1, "epochs must be >= 1 (got {epochs!r})"),
+    (
+        lambda c: _is_int(c.batch_size) and c.batch_size >= 1,
+        "batch_size must be >= 1 (got {batch_size!r})",
+    ),
+    (lambda c: _is_num(c.lr) and c.lr > 0, "lr must be > 0 (got {lr!r})"),
+    (
+        lambda c: _is_num(c.backbone_lr_mult) and 0 < c.backbone_lr_mult <= 1,
+        "backbone_lr_mult must be in (0, 1] (got {backbone_lr_mult!r})",
+    ),
+    (
+        lambda c: _is_num(c.weight_decay) and c.weight_decay >= 0,
+        "weight_decay must be >= 0 (got {weight_decay!r})",
+    ),
+    (
+        lambda c: _is_num(c.warmup_epochs) and 0 <= c.warmup_epochs <= c.epochs,
+        "warmup_epochs must be in [0, epochs={epochs}] (got {warmup_epochs!r})",
+    ),
+    (
+        lambda c: _is_num(c.label_smoothing) and 0 <= c.label_smoothing < 1,
+        "label_smoothing must be in [0, 1) (got {label_smoothing!r})",
+    ),
+    (
+        lambda c: _is_int(c.frozen_epochs) and 0 <= c.frozen_epochs < c.epochs,
+        "frozen_epochs must be in [0, epochs={epochs}) (got {frozen_epochs!r})",
+    ),
+    (
+        lambda c: c.frozen_epochs == 0 or c.mode in (None, "finetune"),
+        "frozen_epochs only applies to mode finetune: set it to 0 or use mode: finetune",
+    ),
+    (
+        lambda c: c.image_size is None or (_is_int(c.image_size) and c.image_size >= 16),
+        "image_size must be >= 16 or null for the model default (got {image_size!r})",
+    ),
+    (
+        lambda c: _is_int(c.num_workers) and c.num_workers >= 0,
+        "num_workers must be >= 0 (got {num_workers!r})",
+    ),
+    (lambda c: _is_int(c.seed), "seed must be an integer (got {seed!r})"),
+    (
+        lambda c: (
+            c.early_stopping_patience is None
+            or (_is_int(c.early_stopping_patience) and c.early_stopping_patience >= 0)
+        ),
+        "early_stopping_patience must be >= 0 or null (got {early_stopping_patience!r})",
+    ),
+    (
+        lambda c: _is_batch_limit(c.limit_train_batches),
+        "limit_train_batches must be a batch count >= 1, a fraction in (0, 1], or null "
+        "(got {limit_train_batches!r})",
+    ),
+    (
+        lambda c: _is_batch_limit(c.limit_val_batches),
+        "limit_val_batches must be a batch count >= 1, a fraction in (0, 1], or null "
+        "(got {limit_val_batches!r})",
+    ),
+    (lambda c: isinstance(c.build_kwargs, dict), "build_kwargs must be a mapping"),
+    (
+        lambda c: c.on_missing_weights in ("error", "scratch", "skip"),
+        "on_missing_weights {on_missing_weights!r} is not one of error, scratch, skip",
+    ),
+    (
+        lambda c: _is_int(c.precise_bn_batches) and c.precise_bn_batches >= 0,
+        "precise_bn_batches must be >= 0 (got {precise_bn_batches!r})",
+    ),
+)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_batch_limit(v: Any) -> bool:
+    """A batch count >= 1, a fraction in (0, 1), or None (Lightning's `limit_*_batches`)."""
+    return v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1)

@@ -6,10 +6,14 @@ Importing this package registers the registry entries (`clip_zero_shot`, `clip_l
 | module | what |
 |---|---|
 | `config.py` | `ClipConfig` and the defaults (architecture, tag, prompt templates) |
-| `loading.py` | where the weights come from (`resolve_clip_weights`), `load_clip`, preprocessing |
+| `arch.py` | registering custom open_clip architectures (tiny test towers) |
+| `weights.py` | where the weights come from (`resolve_clip_weights`): checkpoint, cache, hub |
+| `loading.py` | `load_clip`, `LoadedClip`, preprocessing from open_clip's config |
 | `text.py` | prompts, class-name cleaning, the class-embedding matrix (build, save, load) |
 | `modules.py` | `ClipZeroShotClassifier`, `ClipLinearProbe`, the ViT Grad-CAM reshape, builders |
-| `logreg.py` | the probe's logistic regression and k-shot runs (scikit-learn) |
+| `zero_shot.py` | choosing the class matrix and scoring each prompt template |
+| `probe.py` | the probe's logistic regression and k-shot runs (scikit-learn) |
+| `metadata.py` | the model card and metadata of a CLIP fit |
 | `fit.py` | `fit_clip_zero_shot`, `fit_clip_linear_probe`, the feature cache, the fit hooks |
 
 Imports go one way, top to bottom of that table (`fit` imports the others, nothing imports

@@ -6,11 +6,13 @@
   and split manifest content), fit a multinomial logistic regression with C picked on val, run the
   k-shot variants, and copy the coefficients into the module's linear head.
 
-Both share the image-feature cache below. `fit_zero_shot` and `fit_linear_probe` are the registry
-fit hooks (`fit(spec, splits, config, out_dir, context)`): they apply `on_missing_weights` and
-name the model card after the spec. The zero-shot scoring is in `zero_shot.py`, the
-scikit-learn side of the probe in `probe.py`. This module sits on top of the package: it imports
-the others and none of them imports it.
+Both share the image-feature cache below. Each fit reads as its steps: load, build or fit the
+head, write the bundle and tables, record the metadata (the card and metadata keys are built in
+`metadata.py`). `fit_zero_shot` and `fit_linear_probe` are the registry fit hooks
+(`fit(spec, splits, config, out_dir, context)`): they apply `on_missing_weights` and name the
+model card after the spec. The zero-shot scoring is in `zero_shot.py`, the scikit-learn side of
+the probe in `probe.py`. This module sits on top of the package: it imports the others and none
+of them imports it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,12 +32,19 @@ from food_assets.ml.data.dataset import ManifestDataset
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import DataSourceError
-from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
+from food_assets.ml.models.bundle import FitResult, save_bundle
 from food_assets.ml.models.clip.config import ClipConfig
-from food_assets.ml.models.clip.loading import LoadedClip, clip_weights_available, load_clip
+from food_assets.ml.models.clip.loading import LoadedClip, load_clip
+from food_assets.ml.models.clip.metadata import (
+    common_metadata,
+    model_card,
+    probe_metadata,
+    zero_shot_metadata,
+)
 from food_assets.ml.models.clip.modules import ClipLinearProbe, ClipZeroShotClassifier
-from food_assets.ml.models.clip.probe import fit_probe, head_parity, kshot_figure
-from food_assets.ml.models.clip.text import save_class_embeddings
+from food_assets.ml.models.clip.probe import ProbeFit, fit_probe, head_parity, kshot_figure
+from food_assets.ml.models.clip.text import ClassEmbeddings, save_class_embeddings
+from food_assets.ml.models.clip.weights import clip_weights_available
 from food_assets.ml.models.clip.zero_shot import (
     score_templates,
     single_template_matrices,
@@ -176,38 +184,31 @@ def _features(
     return feats, cache_hits
 
 
-def _model_card(
-    name: str, mode: str, loaded: LoadedClip, names: Sequence[str], metrics: dict[str, float]
-) -> ModelCard:
-    return ModelCard(
-        name=name,
-        class_names=list(names),
-        preprocess=loaded.preprocess,
-        build_kwargs={**loaded.build_kwargs(), "class_names": list(names)},
-        mode=mode,
-        weights_source=loaded.weights.source,
-        metrics=metrics,
-    )
-
-
-def _common_metadata(loaded: LoadedClip, cfg: ClipConfig) -> dict[str, Any]:
-    return {
-        "model_id": loaded.model_id,
-        "arch": loaded.arch,
-        "pretrained": loaded.weights.tag or "",
-        "checkpoint": str(loaded.weights.checkpoint or ""),
-        "weights_source": loaded.weights.source,
-        "weights_identity": loaded.weights.identity(),
-        "quick_gelu": loaded.quick_gelu,
-        "preprocess": loaded.preprocess.to_dict(),
-        "open_clip_resize_mode": loaded.resize_mode,
-        "params_image_tower": int(sum(p.numel() for p in loaded.model.visual.parameters())),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Zero-shot
 # --------------------------------------------------------------------------------------------
+
+
+def _build_zero_shot(
+    loaded: LoadedClip, names: tuple[str, ...], cfg: ClipConfig, device: torch.device
+) -> tuple[ClassEmbeddings, dict[str, torch.Tensor], ClipZeroShotClassifier, float]:
+    """The class matrix, one matrix per template, and the classifier on `device`.
+
+    The seconds spent on the ensembled class matrix are returned: it is the only text-tower work
+    a reused `cfg.class_embeddings` saves, so the metadata shows what reuse is worth.
+    """
+    t0 = time.perf_counter()
+    emb = zero_shot_embeddings(loaded, names, cfg, device=device)
+    text_seconds = time.perf_counter() - t0
+    singles = single_template_matrices(loaded, emb, cfg, device=device)
+    model = ClipZeroShotClassifier(
+        loaded.model.visual,
+        emb.matrix,
+        logit_scale=float(loaded.model.logit_scale.detach().exp()),
+        class_names=names,
+    ).eval()
+    model.to(device)
+    return emb, singles, model, text_seconds
 
 
 def fit_clip_zero_shot(
@@ -233,19 +234,7 @@ def fit_clip_zero_shot(
     device = cfg.resolved_device()
     loaded = load_clip(cfg)
     names = tuple(splits.class_names)
-
-    t0 = time.perf_counter()
-    emb = zero_shot_embeddings(loaded, names, cfg, device=device)
-    text_seconds = time.perf_counter() - t0
-    singles = single_template_matrices(loaded, emb, cfg, device=device)
-
-    model = ClipZeroShotClassifier(
-        loaded.model.visual,
-        emb.matrix,
-        logit_scale=float(loaded.model.logit_scale.detach().exp()),
-        class_names=names,
-    ).eval()
-    model.to(device)
+    emb, singles, model, text_seconds = _build_zero_shot(loaded, names, cfg, device)
     eval_splits = tuple(dict.fromkeys(("val", *cfg.template_eval_splits)))
     feats, cache_hits = _features(
         model.encode_image, loaded, splits, eval_splits, cfg, feature_cache_dir, device=device
@@ -255,19 +244,11 @@ def fit_clip_zero_shot(
     emb_path = save_class_embeddings(out_dir / "class_embeddings.safetensors", emb)
     table_path = write_parquet(out_dir / "template_accuracy.parquet", table)
     metrics = {k: v for k, v in metadata.items() if k.endswith("/acc_top1")}
-    card = _model_card(name, "zero_shot", loaded, names, metrics)
+    card = model_card(name, "zero_shot", loaded, names, metrics)
     bundle = save_bundle(out_dir / BUNDLE_DIR, model.cpu(), card)
-    metadata.update(_common_metadata(loaded, cfg))
+    metadata.update(common_metadata(loaded, cfg))
     metadata.update(
-        {
-            "templates": list(emb.templates),
-            "prompt_names": list(emb.prompt_names),
-            "template_table": table.to_dict("records"),
-            "logit_scale": float(model.logit_scale),
-            "text_encode_seconds": round(text_seconds, 3),
-            "class_embeddings_reused": bool(cfg.class_embeddings),
-            "feature_cache_hit": cache_hits,
-        }
+        zero_shot_metadata(emb, table, model, cfg, text_seconds=text_seconds, cache_hits=cache_hits)
     )
     return FitResult(
         bundle_dir=bundle,
@@ -280,6 +261,24 @@ def fit_clip_zero_shot(
 # --------------------------------------------------------------------------------------------
 # Linear probe
 # --------------------------------------------------------------------------------------------
+
+
+def _fit_head(
+    probe: ClipLinearProbe,
+    feats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    cfg: ClipConfig,
+    names: Sequence[str],
+) -> tuple[ProbeFit, float]:
+    """Fit the logistic regression and copy it into `probe.head` (moved to the CPU).
+
+    Returns the fit and the largest |torch head - sklearn decision_function| on val: a cheap
+    self-check the metadata records, so a wrong copy shows up without a test run.
+    """
+    _check_probe_data(feats, names)
+    fitted = fit_probe(feats, cfg, len(names))
+    probe.cpu()
+    probe.set_head_from_sklearn(fitted.clf.coef_, fitted.clf.intercept_)
+    return fitted, head_parity(probe.head, fitted.clf, feats["val"][0])
 
 
 def fit_clip_linear_probe(
@@ -312,34 +311,23 @@ def fit_clip_linear_probe(
         probe.encode_image, loaded, splits, PROBE_SPLITS, cfg, feature_cache_dir, device=device
     )
     feature_seconds = time.perf_counter() - t0
-    _check_probe_data(feats, names)
-    fitted = fit_probe(feats, cfg, len(names))
-    probe.cpu()
-    probe.set_head_from_sklearn(fitted.clf.coef_, fitted.clf.intercept_)
-    # A cheap self-check the metadata records: torch head == sklearn decision_function.
-    parity = head_parity(probe.head, fitted.clf, feats["val"][0])
+    fitted, parity = _fit_head(probe, feats, cfg, names)
 
     kshot_path = write_parquet(out_dir / "kshot.parquet", fitted.kshot)
     plot_path = write_figure(out_dir / "kshot.png", kshot_figure(fitted.kshot, loaded.model_id))
     metrics = {"val/acc_top1": fitted.val_acc}
-    card = _model_card(name, "linear_probe", loaded, names, metrics)
+    card = model_card(name, "linear_probe", loaded, names, metrics)
     bundle = save_bundle(out_dir / BUNDLE_DIR, probe, card)
-    metadata = _common_metadata(loaded, cfg)
+    metadata = common_metadata(loaded, cfg)
     metadata.update(
-        {
-            "val/acc_top1": fitted.val_acc,
-            "test/acc_top1": fitted.test_acc,
-            "best_C": fitted.best_c,
-            "c_grid": fitted.c_rows,
-            "kshot_table": fitted.kshot.to_dict("records"),
-            "feature_dim": int(feats["train"][0].shape[1]),
-            "train_images": int(len(feats["train"][1])),
-            "feature_cache_hit": cache_hits,
-            "feature_cache_key": feature_cache_key(loaded, splits),
-            "feature_seconds": round(feature_seconds, 3),
-            "fit_seconds": round(fitted.fit_seconds, 3),
-            "sklearn_parity_max_abs": parity,
-        }
+        probe_metadata(
+            fitted,
+            feats,
+            cache_hits=cache_hits,
+            cache_key=feature_cache_key(loaded, splits),
+            feature_seconds=feature_seconds,
+            parity=parity,
+        )
     )
     return FitResult(
         bundle_dir=bundle,

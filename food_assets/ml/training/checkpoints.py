@@ -1,0 +1,110 @@
+"""The checkpoint folder of a training run: which run config it belongs to, whether to resume.
+
+```
+<out_dir>/checkpoints/last.ckpt         # every epoch; resumed from if the run config matches
+<out_dir>/checkpoints/best.ckpt         # best val/acc_top1 (weights only)
+<out_dir>/checkpoints/run_config.json   # the config (and its hash) the checkpoints belong to
+```
+
+Everything here reads; `train_model` decides what to write. Checkpoints are loaded with
+`weights_only=True`, so a file from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from food_assets.ml.data.splits import SplitManifest
+from food_assets.ml.errors import CheckpointError
+from food_assets.ml.models.registry import get_model_spec
+from food_assets.ml.training.config import ComputeConfig, TrainConfig
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
+RUN_CONFIG = "run_config.json"
+MONITOR = "val/acc_top1"  # what best.ckpt keeps the best of
+
+
+def get_config_hash(
+    model_name: str, splits: SplitManifest, cfg: TrainConfig, compute: ComputeConfig
+) -> tuple[str, dict[str, Any]]:
+    """Hash of everything that changes what training produces (data content included)."""
+    spec = get_model_spec(model_name)
+    cfg = cfg.resolve(default_weights=spec.default_weights, model_name=model_name)
+    record = {
+        "model": model_name,
+        "class_names": list(splits.class_names),
+        "manifest_sha256": hashlib.sha256(splits.path.read_bytes()).hexdigest(),
+        "train": cfg.to_hashable(),
+        "compute": dataclasses.asdict(compute),
+    }
+    blob = json.dumps(record, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest(), record
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint without unpickling code; CheckpointError if unreadable."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, unpickling and EOF errors come in many types
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({type(exc).__name__}); delete it (or its folder) to "
+            "start this training run over"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint; delete it to start over")
+    return ckpt
+
+
+def plan_resume(ckpt_dir: Path, config_hash: str) -> tuple[Path | None, str]:
+    """Decide whether to resume: (last.ckpt or None, a note saying why).
+
+    Reads only: nothing is moved or written here, so a corrupt last.ckpt is an error before the
+    run folder is touched.
+    """
+    last = ckpt_dir / LAST_CKPT
+    if not last.exists():
+        return None, ""
+    try:
+        stored = json.loads((ckpt_dir / RUN_CONFIG).read_text()).get("hash")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if stored != config_hash:
+        return None, (
+            f"{last} belongs to another run config (or has no {RUN_CONFIG}): started fresh; the "
+            f"old checkpoints were moved to {ckpt_dir.name}.previous"
+        )
+    load_checkpoint_file(last)  # a corrupt file is an error now, not a crash mid-fit
+    return last, f"resumed from {last}"
+
+
+def history_rows(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch rows `TrainingHistory` saved in a checkpoint ([] when it has none)."""
+    state = (ckpt.get("callbacks") or {}).get("TrainingHistory") or {}
+    return [dict(r) for r in state.get("rows", [])]
+
+
+def strip_model_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LightningModule state dict -> the wrapped model's (`model.` keys, prefix dropped)."""
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+
+
+__all__ = [
+    "BEST_CKPT",
+    "CHECKPOINT_DIR",
+    "LAST_CKPT",
+    "MONITOR",
+    "RUN_CONFIG",
+    "get_config_hash",
+    "history_rows",
+    "load_checkpoint_file",
+    "plan_resume",
+    "strip_model_prefix",
+]
