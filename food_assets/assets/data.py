@@ -6,7 +6,7 @@ with the data-integrity checks."""
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -16,11 +16,9 @@ from food_assets import layout
 from food_assets.assets._common import check_result, md_table, user_errors
 from food_assets.ml import artifacts
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
+from food_assets.ml.data.raw import RawScan, collect_raw_images
 from food_assets.ml.data.sample import SampleSpec
-from food_assets.ml.data.scan import scan_images
-from food_assets.ml.data.sources import list_food101, list_imagefolder, list_sample
 from food_assets.ml.data.splits import SPLITS, SplitManifest, make_splits
-from food_assets.ml.errors import DataSourceError
 from food_assets.ml.quality import (
     check_every_class_in_every_split,
     check_no_content_leak,
@@ -76,72 +74,59 @@ def food_images_raw(
     """Every image of the chosen source, fully decoded; unreadable files are quarantined with
     their reason and never reach training."""
     with user_errors():
-        if config.source == "sample":
-            spec = SampleSpec(
+        root = artifact_store.root  # the local copy; the IO manager publishes the folder
+        raw = collect_raw_images(
+            config.source,
+            config.root,
+            sources_dir=artifact_store.sources_dir(),
+            manifest_path=layout.raw_manifest_file(root),
+            quarantine_path=layout.raw_quarantine_file(root),
+            sample=SampleSpec(
                 seed=config.sample_seed,
                 num_classes=config.sample_num_classes,
                 images_per_class=config.sample_images_per_class,
                 image_size=config.sample_image_size,
-            )
-            root = Path(config.root) if config.root else artifact_store.sources_dir() / "sample"
-            listing = list_sample(root, spec)
-        elif config.source == "imagefolder":
-            if not config.root:
-                raise DataSourceError(
-                    "source imagefolder needs `root`: a root/<class>/<image> tree"
-                )
-            listing = list_imagefolder(config.root)
-        else:
-            root = Path(config.root) if config.root else artifact_store.sources_dir() / "food101"
-            listing = list_food101(root, download=config.download)
-
-        context.log.info(f"scanning {len(listing.files)} files under {listing.root}")
-        result = scan_images(
-            listing.files,
+            ),
+            download=config.download,
             max_pixels=config.max_pixels,
             workers=config.scan_workers,
-            progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
+            log=context.log.info,
         )
-        if result.manifest.empty:
-            raise DataSourceError(
-                f"none of the {len(listing.files)} files under {listing.root} is a usable image; "
-                "see the quarantine list in the logs"
-            )
-        root = artifact_store.root  # the local copy; the IO manager publishes the folder
-        manifest_path = artifacts.write_parquet(layout.raw_manifest_file(root), result.manifest)
-        quarantine_path = artifacts.write_parquet(
-            layout.raw_quarantine_file(root), result.quarantine
-        )
-
-    for row in result.quarantine.itertuples():
+    for row in raw.scan.quarantine.itertuples():
         context.log.warning(f"quarantined {row.path}: {row.reason}")
-    per_class = result.manifest.groupby("label").size().rename("images").reset_index()
-    value = RawImages(
-        source=config.source,
-        root=listing.root,
-        manifest_path=manifest_path,
-        quarantine_path=quarantine_path,
-        num_images=len(result.manifest),
-        num_quarantined=len(result.quarantine),
-    )
     return dg.MaterializeResult(
-        value=value,
-        metadata={
-            "source": config.source,
-            "root": dg.MetadataValue.path(str(listing.root)),
-            "num_images": len(result.manifest),
-            "num_classes": int(result.manifest["label"].nunique()),
-            "num_quarantined": len(result.quarantine),
-            "quarantined_share": round(result.quarantined_share, 4),
-            "hidden_files_skipped": len(listing.skipped_hidden),
-            "quarantine": md_table(result.quarantine, max_rows=100),
-            "images_per_class": md_table(per_class, max_rows=101),
-            "modes": md_table(
-                result.manifest.groupby("mode").size().rename("images").reset_index()
-            ),
-            "manifest": dg.MetadataValue.path(artifact_store.location(manifest_path)),
-        },
+        value=_raw_images_value(config.source, raw),
+        metadata=_raw_metadata(config.source, raw, artifact_store),
     )
+
+
+def _raw_images_value(source: str, raw: RawScan) -> RawImages:
+    return RawImages(
+        source=source,
+        root=raw.listing.root,
+        manifest_path=raw.manifest_path,
+        quarantine_path=raw.quarantine_path,
+        num_images=len(raw.scan.manifest),
+        num_quarantined=len(raw.scan.quarantine),
+    )
+
+
+def _raw_metadata(source: str, raw: RawScan, artifact_store: ArtifactStore) -> dict[str, Any]:
+    manifest, quarantine = raw.scan.manifest, raw.scan.quarantine
+    per_class = manifest.groupby("label").size().rename("images").reset_index()
+    return {
+        "source": source,
+        "root": dg.MetadataValue.path(str(raw.listing.root)),
+        "num_images": len(manifest),
+        "num_classes": int(manifest["label"].nunique()),
+        "num_quarantined": len(quarantine),
+        "quarantined_share": round(raw.scan.quarantined_share, 4),
+        "hidden_files_skipped": len(raw.listing.skipped_hidden),
+        "quarantine": md_table(quarantine, max_rows=100),
+        "images_per_class": md_table(per_class, max_rows=101),
+        "modes": md_table(manifest.groupby("mode").size().rename("images").reset_index()),
+        "manifest": dg.MetadataValue.path(artifact_store.location(raw.manifest_path)),
+    }
 
 
 class SplitConfig(dg.Config):

@@ -11,7 +11,7 @@ a bundle (`food_assets.catalog`).
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -31,6 +31,9 @@ from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
 from food_assets.resources import ArtifactStore, QualityGates
+
+if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch and matplotlib
+    from food_assets.ml.evaluation import ComparisonResult, EvaluationResult
 
 EVALUATION_GROUP = "evaluation"
 ACCURACY_CHECK = "accuracy_above_floor"
@@ -90,15 +93,7 @@ class EvaluationReport:
     model_metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _log_to_model_run(run_id: str | None, result: Any) -> None:
+def _log_to_model_run(run_id: str | None, result: "EvaluationResult") -> None:
     """Evaluation figures go into the model's own MLflow run, next to its training curves."""
     if not run_id:
         return
@@ -143,83 +138,84 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
             yield skipped_output(context, name, reason)
             yield not_evaluated(reason, check_name=ACCURACY_CHECK)
             return
-        from food_assets.ml.evaluation import check_class_maps, evaluate_model, predict_logits
-        from food_assets.ml.models.bundle import load_bundle
+        from food_assets.ml.evaluation import evaluate_bundle
 
         model: TrainedModel
         out_dir = artifact_store.asset_dir(layout.evaluation_asset(name))
         with user_errors():
-            check_class_maps(list(model.class_names), list(food_splits.class_names))
-            net, card = load_bundle(model.bundle_dir)
-            device = _device(config.device)
-            net = net.to(device)
-            preds = {
-                split: predict_logits(
-                    net,
-                    food_splits.frame(split),
-                    card.preprocess,
-                    batch_size=config.batch_size,
-                    num_workers=config.num_workers,
-                    device=device,
-                )
-                for split in ("val", "test")
-            }
-            result = evaluate_model(
-                preds["test"],
-                preds["val"],
-                list(food_splits.class_names),
+            result = evaluate_bundle(
+                model.bundle_dir,
+                food_splits,
                 out_dir,
+                batch_size=config.batch_size,
+                num_workers=config.num_workers,
+                device=config.device,
                 seed=config.seed,
                 n_bootstrap=config.n_bootstrap,
+                model_classes=model.class_names,
             )
-            # The evaluation's own folder, never the model's (its bundle stays as trained).
-            calibration = artifacts.write_json(
-                layout.calibration_file(artifact_store.root, name),
-                calibration_record(
-                    result.temperature,
-                    model=name,
-                    fitted_on="val",
-                    method="temperature scaling (minimum NLL on the val logits)",
-                    test_ece=_finite(result.summary.get("test/ece")),
-                    test_ece_calibrated=_finite(result.summary.get("test/ece_calibrated")),
-                ),
-            )
+            calibration = _write_calibration(artifact_store, name, result)
             _log_to_model_run(model.mlflow_run_id, result)
-
-        s = result.summary
-        metadata: dict[str, Any] = {
-            "acc_top1": dg.MetadataValue.float(float(s["test/acc_top1"])),
-            "acc_top1_ci95": f"[{s['test/acc_top1_ci_low']:.3f}, {s['test/acc_top1_ci_high']:.3f}]",
-            "acc_top5": dg.MetadataValue.float(float(s["test/acc_top5"])),
-            "macro_f1": dg.MetadataValue.float(float(s["test/macro_f1"])),
-            "ece": dg.MetadataValue.float(float(s["test/ece"])),
-            "ece_calibrated": dg.MetadataValue.float(float(s["test/ece_calibrated"])),
-            "temperature": dg.MetadataValue.float(float(result.temperature)),
-            "num_test_images": len(preds["test"]),
-            "per_class": md_table(result.per_class, max_rows=101),
-            "most_confused_pairs": md_table(result.confused_pairs, max_rows=20),
-            "hardest_images": md_table(result.hardest, max_rows=24),
-            "predictions": dg.MetadataValue.path(
-                artifact_store.location(result.files["predictions"])
-            ),
-            "calibration": dg.MetadataValue.path(artifact_store.location(calibration)),
-            "mlflow_run_id": model.mlflow_run_id or "n/a",
-        }
-        for plot_name, path in result.plots.items():
-            metadata[plot_name] = md_image(path, alt=plot_name)
-        report = EvaluationReport(
-            name=name,
-            source=food_splits.source,
-            summary={k: float(v) for k, v in s.items()},
-            temperature=float(result.temperature),
-            files={**result.files, **result.plots, "calibration": calibration},
-            model_metadata=dict(model.metadata),
-        )
+        report = _evaluation_report(name, food_splits.source, model, result, calibration)
+        metadata = _evaluation_metadata(result, calibration, model, artifact_store)
         yield dg.Output(report, metadata=metadata)
-
         yield accuracy_check_result(report, quality)
 
     return _evaluation_asset
+
+
+def _write_calibration(store: ArtifactStore, name: str, result: "EvaluationResult") -> Path:
+    """The fitted temperature, in the evaluation's own folder (never the model's: its bundle
+    stays as trained)."""
+    return artifacts.write_json(
+        layout.calibration_file(store.root, name),
+        calibration_record(
+            result.temperature,
+            model=name,
+            fitted_on="val",
+            method="temperature scaling (minimum NLL on the val logits)",
+            test_ece=_finite(result.summary.get("test/ece")),
+            test_ece_calibrated=_finite(result.summary.get("test/ece_calibrated")),
+        ),
+    )
+
+
+def _evaluation_report(
+    name: str, source: str, model: TrainedModel, result: "EvaluationResult", calibration: Path
+) -> EvaluationReport:
+    return EvaluationReport(
+        name=name,
+        source=source,
+        summary={k: float(v) for k, v in result.summary.items()},
+        temperature=float(result.temperature),
+        files={**result.files, **result.plots, "calibration": calibration},
+        model_metadata=dict(model.metadata),
+    )
+
+
+def _evaluation_metadata(
+    result: "EvaluationResult", calibration: Path, model: TrainedModel, store: ArtifactStore
+) -> dict[str, Any]:
+    s = result.summary
+    metadata: dict[str, Any] = {
+        "acc_top1": dg.MetadataValue.float(float(s["test/acc_top1"])),
+        "acc_top1_ci95": f"[{s['test/acc_top1_ci_low']:.3f}, {s['test/acc_top1_ci_high']:.3f}]",
+        "acc_top5": dg.MetadataValue.float(float(s["test/acc_top5"])),
+        "macro_f1": dg.MetadataValue.float(float(s["test/macro_f1"])),
+        "ece": dg.MetadataValue.float(float(s["test/ece"])),
+        "ece_calibrated": dg.MetadataValue.float(float(s["test/ece_calibrated"])),
+        "temperature": dg.MetadataValue.float(float(result.temperature)),
+        "num_test_images": len(result.predictions),
+        "per_class": md_table(result.per_class, max_rows=101),
+        "most_confused_pairs": md_table(result.confused_pairs, max_rows=20),
+        "hardest_images": md_table(result.hardest, max_rows=24),
+        "predictions": dg.MetadataValue.path(store.location(result.files["predictions"])),
+        "calibration": dg.MetadataValue.path(store.location(calibration)),
+        "mlflow_run_id": model.mlflow_run_id or "n/a",
+    }
+    for plot_name, path in result.plots.items():
+        metadata[plot_name] = md_image(path, alt=plot_name)
+    return metadata
 
 
 def _finite(value: Any) -> float | None:
@@ -266,45 +262,59 @@ def model_comparison(
         name = layout.model_name_of(key)
         if isinstance(report, Skipped):
             skipped.append({"model": name, "reason": report.reason})
-            continue
-        meta = report.model_metadata
-        rows.append(
-            {
-                "model": name,
-                **{
-                    k: report.summary.get(f"test/{k}")
-                    for k in (
-                        "acc_top1",
-                        "acc_top1_ci_low",
-                        "acc_top1_ci_high",
-                        "acc_top5",
-                        "macro_f1",
-                        "ece",
-                        "ece_calibrated",
-                    )
-                },
-                "params": meta.get("params"),
-                "gmacs": meta.get("gmacs"),
-                "train_seconds": meta.get("train_seconds"),
-                "latency_ms": _latency_ms(artifact_store, name),
-            }
-        )
+        else:
+            rows.append(_comparison_row(name, report, artifact_store))
     with user_errors():
         out = artifact_store.asset_dir(layout.COMPARISON_ASSET)
         result = compare_models(rows)
         files = save_comparison(result, out)
         artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
+    metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
+    return dg.MaterializeResult(value=result.table, metadata=metadata)
+
+
+#: The test metrics of each evaluation that `model_comparison` tabulates.
+COMPARED_METRICS = (
+    "acc_top1",
+    "acc_top1_ci_low",
+    "acc_top1_ci_high",
+    "acc_top5",
+    "macro_f1",
+    "ece",
+    "ece_calibrated",
+)
+
+
+def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -> dict[str, Any]:
+    meta = report.model_metadata
+    return {
+        "model": name,
+        **{k: report.summary.get(f"test/{k}") for k in COMPARED_METRICS},
+        "params": meta.get("params"),
+        "gmacs": meta.get("gmacs"),
+        "train_seconds": meta.get("train_seconds"),
+        "latency_ms": _latency_ms(store, name),
+    }
+
+
+def _comparison_metadata(
+    result: "ComparisonResult",
+    files: dict[str, Path],
+    num_models: int,
+    skipped: list[dict[str, str]],
+    store: ArtifactStore,
+) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "comparison": dg.MetadataValue.md(result.markdown),
-        "num_models": len(rows),
-        "csv": dg.MetadataValue.path(artifact_store.location(files["csv"])),
+        "num_models": num_models,
+        "csv": dg.MetadataValue.path(store.location(files["csv"])),
         "plot": md_image(files["plot"], alt="accuracy trade-off") if files.get("plot") else "n/a",
     }
     if skipped:
         import pandas as pd
 
         metadata["skipped_models"] = md_table(pd.DataFrame(skipped))
-    return dg.MaterializeResult(value=result.table, metadata=metadata)
+    return metadata
 
 
 def _latency_ms(store: ArtifactStore, name: str) -> float | None:

@@ -3,7 +3,7 @@ wrong predictions and per-class tiles, with a sanity measure enforced by `gradca
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -19,9 +19,12 @@ from food_assets.assets._common import (
     user_errors,
 )
 from food_assets.ml.data.splits import SplitManifest
-from food_assets.ml.models import get_model_spec, list_models
+from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.ml.quality import check_gradcam_sanity
 from food_assets.resources import ArtifactStore
+
+if TYPE_CHECKING:  # imported lazily at run time: Grad-CAM pulls in torch and matplotlib
+    from food_assets.ml.explain import GradcamResult
 
 EXPLAIN_GROUP = "explain"
 SANITY_CHECK = "gradcam_sanity"
@@ -45,12 +48,37 @@ def sanity_check_result(metrics: dict[str, float]) -> dg.AssetCheckResult:
         check_gradcam_sanity(metrics),
         check_name=SANITY_CHECK,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            k.replace("gradcam/", ""): float(v)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and v == v
-        },
+        metadata=_finite_metrics(metrics),
     )
+
+
+def _skip_reason(name: str, spec: ModelSpec, model: Any) -> str | None:
+    if isinstance(model, Skipped):
+        return f"model_{name} was skipped: {model.reason}"
+    if not spec.cam_layer:
+        return f"{name} has no Grad-CAM target layer in the registry"
+    return None
+
+
+def _finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The report's numeric figures without their `gradcam/` prefix; NaN left out."""
+    return {
+        k.replace("gradcam/", ""): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and v == v
+    }
+
+
+def _gradcam_metadata(result: "GradcamResult", cam_layer: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = _finite_metrics(result.metrics)
+    metadata["cam_layer"] = cam_layer
+    for gallery, path in result.galleries.items():
+        metadata[f"gallery_{gallery}"] = md_image(path, alt=gallery)
+    metadata["tiles"] = md_table(
+        result.tiles[["gallery", "position", "true_class", "pred_class", "confidence"]],
+        max_rows=48,
+    )
+    return metadata
 
 
 def build_explain_asset(name: str) -> dg.AssetsDefinition:
@@ -78,11 +106,7 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
         food_splits: SplitManifest,
         artifact_store: ArtifactStore,
     ):
-        reason = None
-        if isinstance(model, Skipped):
-            reason = f"model_{name} was skipped: {model.reason}"
-        elif not spec.cam_layer:
-            reason = f"{name} has no Grad-CAM target layer in the registry"
+        reason = _skip_reason(name, spec, model)
         if reason:
             yield skipped_output(context, name, reason)
             yield not_evaluated(reason, check_name=SANITY_CHECK)
@@ -106,19 +130,7 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
                 max_images=config.max_images,
                 n_sanity=config.n_sanity,
             )
-        metadata: dict[str, Any] = {
-            k.replace("gradcam/", ""): float(v)
-            for k, v in result.metrics.items()
-            if isinstance(v, (int, float)) and v == v
-        }
-        metadata["cam_layer"] = spec.cam_layer
-        for gallery, path in result.galleries.items():
-            metadata[f"gallery_{gallery}"] = md_image(path, alt=gallery)
-        metadata["tiles"] = md_table(
-            result.tiles[["gallery", "position", "true_class", "pred_class", "confidence"]],
-            max_rows=48,
-        )
-        yield dg.Output(result.tiles_path, metadata=metadata)
+        yield dg.Output(result.tiles_path, metadata=_gradcam_metadata(result, spec.cam_layer))
         yield sanity_check_result(result.metrics)
 
     return _gradcam_asset

@@ -8,10 +8,9 @@ accuracy gate is never exported (ADR 0005).
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -25,10 +24,13 @@ from food_assets.assets._common import (
     user_errors,
 )
 from food_assets.catalog import load_temperature
-from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
-from food_assets.ml.models import get_model_spec, list_models
+from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.resources import ArtifactStore, QualityGates
+
+if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch and onnx
+    from food_assets.ml.export.bundle_export import ExportResult
+    from food_assets.ml.export.onnx_export import ParityReport
 
 EXPORT_GROUP = "export"
 PARITY_CHECK = "onnx_parity"
@@ -50,33 +52,14 @@ class OnnxExport:
     latency_path: Path | None
 
 
-def _parity_images(splits: SplitManifest, preprocess: Any, n: int):
-    import torch
-
-    from food_assets.ml.data.transforms import ImagePipeline
-
-    frame = splits.frame("val")
-    if frame.empty:
-        frame = splits.frame("test")
-    pipeline = ImagePipeline(preprocess)
-    paths = frame.sort_values("path")["path"].head(n)
-    return torch.stack([pipeline(p) for p in paths])
-
-
-def run_parity(path: Path, bundle_dir: Path, splits: SplitManifest, n: int, atol: float):
-    """Load the file as a user would (metadata and graph hash validated), then compare it with
-    the PyTorch model on real validation images."""
-    from food_assets.ml.export.onnx_export import check_parity, load_onnx
-    from food_assets.ml.models.bundle import load_bundle
-
-    _, meta = load_onnx(path)  # a tampered or foreign file fails here with a clear message
-    model, card = load_bundle(bundle_dir)
-    if list(meta.class_names) != list(card.class_names):
-        from food_assets.ml.errors import CheckpointError
-
-        raise CheckpointError(f"{path} holds other class names than the bundle {bundle_dir}")
-    images = _parity_images(splits, card.preprocess, n)
-    return check_parity(path, model, images, atol=atol)
+def _skip_reason(name: str, spec: ModelSpec, model: Any, evaluation: Any) -> str | None:
+    if isinstance(model, Skipped):
+        return f"model_{name} was skipped: {model.reason}"
+    if isinstance(evaluation, Skipped):
+        return f"evaluation_{name} was skipped: {evaluation.reason}"
+    if not spec.onnx:
+        return f"{name} does not support ONNX export"
+    return None
 
 
 def build_export_asset(name: str) -> list:
@@ -102,70 +85,58 @@ def build_export_asset(name: str) -> list:
         artifact_store: ArtifactStore,
         quality: QualityGates,
     ):
-        if isinstance(model, Skipped):
-            yield skipped_output(context, name, f"model_{name} was skipped: {model.reason}")
+        reason = _skip_reason(name, spec, model, evaluation)
+        if reason:
+            yield skipped_output(context, name, reason)
             return
-        if isinstance(evaluation, Skipped):
-            yield skipped_output(
-                context, name, f"evaluation_{name} was skipped: {evaluation.reason}"
-            )
-            return
-        if not spec.onnx:
-            yield skipped_output(context, name, f"{name} does not support ONNX export")
-            return
-        from food_assets.ml.export.latency import measure_latency
-        from food_assets.ml.export.onnx_export import export_onnx
-        from food_assets.ml.models.bundle import load_bundle
+        from food_assets.ml.export.bundle_export import export_bundle
 
         root = artifact_store.root
-        path = layout.onnx_file(root, name)
         with user_errors():
-            net, card = load_bundle(model.bundle_dir)
-            # The evaluation's calibration, not the bundle's card (which stays as trained).
-            card = dataclasses.replace(
-                card, temperature=load_temperature(evaluation.files["calibration"])
+            result = export_bundle(
+                model.bundle_dir,
+                food_splits,
+                layout.onnx_file(root, name),
+                # The evaluation's calibration, not the bundle's card (which stays as trained).
+                temperature=load_temperature(evaluation.files["calibration"]),
+                parity_path=layout.parity_file(root, name),
+                latency_path=layout.latency_file(root, name) if config.measure_latency else None,
+                opset=config.opset,
+                n_parity=config.parity_images,
+                atol=quality.onnx_atol,
+                latency_repeats={1: config.latency_repeats, 32: config.latency_repeats_batch32},
+                name=name,
             )
-            export_onnx(net, card, path, opset=config.opset)
-            parity = run_parity(
-                path, model.bundle_dir, food_splits, config.parity_images, quality.onnx_atol
-            )
-            artifacts.write_json(layout.parity_file(root, name), parity.to_dict())
-            latency_path = None
-            latency = None
-            if config.measure_latency:
-                latency = measure_latency(
-                    net,
-                    path,
-                    card.preprocess.input_size,
-                    batch_sizes=(1, 32),
-                    repeats={1: config.latency_repeats, 32: config.latency_repeats_batch32},
-                    warmup={1: 2, 32: 1},
-                    name=name,
-                )
-                latency_path = artifacts.write_json(
-                    layout.latency_file(root, name), latency.to_dict(orient="records")
-                )
-        metadata: dict[str, Any] = {
-            "onnx": dg.MetadataValue.path(artifact_store.location(path)),
-            "size_mb": round(path.stat().st_size / 2**20, 2),
-            "max_abs_logit_diff": float(parity.max_abs_diff),
-            "top1_agreement": float(parity.top1_agreement),
-            "parity_images": int(parity.n_images),
-            "temperature": float(card.temperature),
-            "input_size": card.preprocess.input_size,
-        }
-        if latency is not None:
-            metadata["latency"] = md_table(latency, floatfmt=".2f")
-            b1 = latency[latency["batch"] == 1].set_index("backend")["median_ms"]
-            if {"eager", "onnxruntime"} <= set(b1.index):
-                metadata["ort_over_eager_batch1"] = round(float(b1["onnxruntime"] / b1["eager"]), 3)
-        yield dg.Output(
-            OnnxExport(name=name, path=path, parity=parity.to_dict(), latency_path=latency_path),
-            metadata=metadata,
-        )
+        value = OnnxExport(name, result.path, result.parity.to_dict(), result.latency_path)
+        yield dg.Output(value, metadata=_export_metadata(result, artifact_store))
 
+    return [_onnx_asset, _build_parity_check(name, spec, _onnx_asset)]
+
+
+def _export_metadata(result: "ExportResult", store: ArtifactStore) -> dict[str, Any]:
+    parity, card, latency = result.parity, result.card, result.latency
+    metadata: dict[str, Any] = {
+        "onnx": dg.MetadataValue.path(store.location(result.path)),
+        "size_mb": round(result.path.stat().st_size / 2**20, 2),
+        "max_abs_logit_diff": float(parity.max_abs_diff),
+        "top1_agreement": float(parity.top1_agreement),
+        "parity_images": int(parity.n_images),
+        "temperature": float(card.temperature),
+        "input_size": card.preprocess.input_size,
+    }
+    if latency is not None:
+        metadata["latency"] = md_table(latency, floatfmt=".2f")
+        b1 = latency[latency["batch"] == 1].set_index("backend")["median_ms"]
+        if {"eager", "onnxruntime"} <= set(b1.index):
+            metadata["ort_over_eager_batch1"] = round(float(b1["onnxruntime"] / b1["eager"]), 3)
+    return metadata
+
+
+def _build_parity_check(
+    name: str, spec: ModelSpec, onnx_asset: dg.AssetsDefinition
+) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=_onnx_asset,
+        asset=onnx_asset,
         name=PARITY_CHECK,
         blocking=True,
         additional_ins={
@@ -183,22 +154,28 @@ def build_export_asset(name: str) -> list:
         if not spec.onnx:
             return not_evaluated(f"{name} does not support ONNX export")
         from food_assets.ml.errors import FoodAssetsError
+        from food_assets.ml.export.bundle_export import check_bundle_parity
 
         try:
             # A check is a step of its own: fetch the export it reads (no-op for a local root).
             artifact_store.fetch(layout.onnx_asset(name), prefix=layout.ONNX_FILE)
             path = layout.onnx_file(artifact_store.root, name)
-            report = run_parity(path, model.bundle_dir, food_splits, 32, quality.onnx_atol)
+            report = check_bundle_parity(path, model.bundle_dir, food_splits, 32, quality.onnx_atol)
         except FoodAssetsError as exc:
             return dg.AssetCheckResult(passed=False, description=str(exc))
-        return dg.AssetCheckResult(
-            passed=bool(report.passed),
-            description=f"max |diff| {report.max_abs_diff:.2e} (atol {report.atol:g}), "
-            f"top-1 agreement {report.top1_agreement:.1%} on {report.n_images} images",
-            metadata={k: v for k, v in report.to_dict().items() if isinstance(v, (int, float))},
-        )
+        return parity_check_result(report)
 
-    return [_onnx_asset, _parity_check]
+    return _parity_check
+
+
+def parity_check_result(report: "ParityReport") -> dg.AssetCheckResult:
+    """`onnx_parity`'s result from a parity report (at ERROR: a mismatch fails the run)."""
+    return dg.AssetCheckResult(
+        passed=bool(report.passed),
+        description=f"max |diff| {report.max_abs_diff:.2e} (atol {report.atol:g}), "
+        f"top-1 agreement {report.top1_agreement:.1%} on {report.n_images} images",
+        metadata={k: v for k, v in report.to_dict().items() if isinstance(v, (int, float))},
+    )
 
 
 EXPORT_DEFS = [d for name in list_models() for d in build_export_asset(name)]

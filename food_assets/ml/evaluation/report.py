@@ -1,7 +1,8 @@
 """`evaluate_model`: predictions in, every metric, table and figure of one model out.
 
-This is the one function the `evaluation_<name>` assets call. It computes (pure functions in
-`metrics` / `calibration`), then writes (through `food_assets.ml.artifacts`, atomically).
+`evaluate_bundle` (`evaluate.py`, what the `evaluation_<name>` assets call) predicts, then calls
+this. It computes (pure functions in `metrics` / `calibration`), then writes (through
+`food_assets.ml.artifacts`, atomically).
 """
 
 from __future__ import annotations
@@ -216,59 +217,23 @@ def evaluate_model(
     """
     out_dir = Path(out_dir)
     class_names = [str(c) for c in class_names]
-    _check_sizes(test, class_names, "test")
-    if val is not None:
-        _check_sizes(val, class_names, "val")
-    if n_bootstrap < 1:
-        raise ConfigError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
-
+    _check_inputs(test, val, class_names, n_bootstrap)
     temperature = fit_temperature(val.logits, val.labels) if val is not None else 1.0
     cal_logits = apply_temperature(test.logits, temperature)
-    test_summary, per_class, cm = _split_metrics(
-        test.logits, cal_logits, test.labels, seed=seed, n_bootstrap=n_bootstrap
+    summary, per_class, cm = _summary(
+        test, val, cal_logits, temperature, class_names, seed=seed, n_bootstrap=n_bootstrap
     )
-    summary: dict[str, float] = {f"test/{k}": v for k, v in test_summary.items()}
-    summary["temperature"] = float(temperature)
-    summary["test/num_classes"] = len(class_names)
-    summary["bootstrap/resamples"] = int(n_bootstrap)
-    summary["bootstrap/seed"] = int(seed)
-    if val is not None:
-        val_cal = apply_temperature(val.logits, temperature)
-        # In-sample for T (it was fitted here): shows the fit worked, not generalisation.
-        summary["val/n"] = len(val)
-        summary["val/acc_top1"] = M.top_k_accuracy(val.logits, val.labels, 1)
-        summary["val/nll"] = M.negative_log_likelihood(val.logits, val.labels)
-        summary["val/nll_calibrated"] = M.negative_log_likelihood(val_cal, val.labels)
-        summary["val/ece"] = M.expected_calibration_error(M.softmax(val.logits), val.labels)
-        summary["val/ece_calibrated"] = M.expected_calibration_error(M.softmax(val_cal), val.labels)
-
-    per_class.insert(1, "class_name", class_names)
     confused = M.most_confused_pairs(cm, class_names, top=confused_top)
     hardest = M.hardest_examples(
         cal_logits, test.labels, test.paths, class_names, top=hardest_top, by="loss"
     )
     table = predictions_table(test, cal_logits, class_names)
-
-    files = {
-        "predictions": write_parquet(out_dir / "predictions.parquet", table),
-        "per_class_csv": _write_csv(out_dir / "per_class.csv", per_class),
-        "per_class_parquet": write_parquet(out_dir / "per_class.parquet", per_class),
-        "confused_pairs": _write_csv(out_dir / "confused_pairs.csv", confused),
-        "hardest": _write_csv(out_dir / "hardest.csv", hardest),
-    }
+    files = _write_tables(out_dir, table, per_class, confused, hardest)
+    fitted = temperature if val is not None else None  # the reliability plot shows T if fitted
     builders = _figure_builders(
-        test,
-        cal_logits,
-        class_names,
-        cm,
-        per_class,
-        hardest,
-        summary,
-        temperature if val is not None else None,
+        test, cal_logits, class_names, cm, per_class, hardest, summary, fitted
     )
-    # One figure alive at a time: built, saved and closed before the next (101-class figures
-    # are large).
-    plot_paths = {name: write_figure(out_dir / f"{name}.png", build()) for name, build in builders}
+    plot_paths = _write_figures(out_dir, builders)
     # Written last: its presence means the whole evaluation finished.
     files["metrics"] = write_json(out_dir / "metrics.json", _json_safe(summary))
     return EvaluationResult(
@@ -281,6 +246,79 @@ def evaluate_model(
         files=files,
         temperature=float(temperature),
     )
+
+
+def _check_inputs(
+    test: Predictions, val: Predictions | None, class_names: Sequence[str], n_bootstrap: int
+) -> None:
+    _check_sizes(test, class_names, "test")
+    if val is not None:
+        _check_sizes(val, class_names, "val")
+    if n_bootstrap < 1:
+        raise ConfigError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+
+
+def _summary(
+    test: Predictions,
+    val: Predictions | None,
+    cal_logits: np.ndarray,
+    temperature: float,
+    class_names: list[str],
+    *,
+    seed: int,
+    n_bootstrap: int,
+) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """The flat `split/metric` summary (metrics.json, in this key order), the test split's
+    per-class table (with a `class_name` column) and its confusion matrix."""
+    test_summary, per_class, cm = _split_metrics(
+        test.logits, cal_logits, test.labels, seed=seed, n_bootstrap=n_bootstrap
+    )
+    per_class.insert(1, "class_name", class_names)
+    summary: dict[str, float] = {f"test/{k}": v for k, v in test_summary.items()}
+    summary["temperature"] = float(temperature)
+    summary["test/num_classes"] = len(class_names)
+    summary["bootstrap/resamples"] = int(n_bootstrap)
+    summary["bootstrap/seed"] = int(seed)
+    if val is not None:
+        summary.update(_val_summary(val, temperature))
+    return summary, per_class, cm
+
+
+def _val_summary(val: Predictions, temperature: float) -> dict[str, float]:
+    """In-sample for T (it was fitted here): shows the fit worked, not generalisation."""
+    val_cal = apply_temperature(val.logits, temperature)
+    return {
+        "val/n": len(val),
+        "val/acc_top1": M.top_k_accuracy(val.logits, val.labels, 1),
+        "val/nll": M.negative_log_likelihood(val.logits, val.labels),
+        "val/nll_calibrated": M.negative_log_likelihood(val_cal, val.labels),
+        "val/ece": M.expected_calibration_error(M.softmax(val.logits), val.labels),
+        "val/ece_calibrated": M.expected_calibration_error(M.softmax(val_cal), val.labels),
+    }
+
+
+def _write_tables(
+    out_dir: Path,
+    table: pd.DataFrame,
+    per_class: pd.DataFrame,
+    confused: pd.DataFrame,
+    hardest: pd.DataFrame,
+) -> dict[str, Path]:
+    return {
+        "predictions": write_parquet(out_dir / "predictions.parquet", table),
+        "per_class_csv": _write_csv(out_dir / "per_class.csv", per_class),
+        "per_class_parquet": write_parquet(out_dir / "per_class.parquet", per_class),
+        "confused_pairs": _write_csv(out_dir / "confused_pairs.csv", confused),
+        "hardest": _write_csv(out_dir / "hardest.csv", hardest),
+    }
+
+
+def _write_figures(
+    out_dir: Path, builders: list[tuple[str, Callable[[], Figure]]]
+) -> dict[str, Path]:
+    # One figure alive at a time: built, saved and closed before the next (101-class figures
+    # are large).
+    return {name: write_figure(out_dir / f"{name}.png", build()) for name, build in builders}
 
 
 def _figure_builders(

@@ -1,5 +1,10 @@
-"""ONNX export (dynamic batch, inference metadata), ONNX Runtime parity and latency."""
+"""ONNX export (dynamic batch, inference metadata), ONNX Runtime parity and latency.
 
+The `onnx_<name>` assets call `export_bundle` (export, parity, latency); `onnx_parity` calls
+`check_bundle_parity`.
+"""
+
+from food_assets.ml.export.bundle_export import ExportResult, check_bundle_parity, export_bundle
 from food_assets.ml.export.latency import latency_ratio, measure_latency
 from food_assets.ml.export.metadata import OnnxMetadata
 from food_assets.ml.export.onnx_export import (
@@ -14,10 +19,13 @@ from food_assets.ml.export.onnx_export import (
 
 __all__ = [
     "PARITY_ATOL",
+    "ExportResult",
     "OnnxMetadata",
     "ParityReport",
+    "check_bundle_parity",
     "check_parity",
     "create_session",
+    "export_bundle",
     "export_onnx",
     "latency_ratio",
     "load_onnx",

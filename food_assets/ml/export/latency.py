@@ -74,7 +74,6 @@ def measure_latency(
     """
     threads = threads or default_threads()
     session = create_session(onnx_path, threads=threads)
-    input_name = session.get_inputs()[0].name
     prev_threads = torch.get_num_threads()
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
@@ -85,33 +84,50 @@ def measure_latency(
     try:
         for batch in batch_sizes:
             x = torch.randn(batch, 3, input_size, input_size, generator=gen)
-            x_np = x.numpy()
-            for _ in range(_per_batch(warmup, batch)):
-                model(x)
-                session.run(None, {input_name: x_np})
             n = max(1, _per_batch(repeats, batch))
-            feed = {input_name: x_np}
-            times: dict[str, list[float]] = {"eager": [], "onnxruntime": []}
-            for size in ((n + 1) // 2, n // 2):  # eager, ORT, eager, ORT: load drift hits both
-                times["eager"] += _time_calls(model, (x,), size)
-                times["onnxruntime"] += _time_calls(session.run, (None, feed), size)
-            for backend, t in times.items():
-                median = float(np.median(t))
-                rows.append(
-                    {
-                        "model": name or type(model).__name__,
-                        "backend": backend,
-                        "batch": int(batch),
-                        "median_ms": median * 1e3,
-                        "p90_ms": float(np.percentile(t, 90)) * 1e3,
-                        "images_per_s": batch / median,
-                        "repeats": n,
-                    }
-                )
+            times = _time_backends(model, session, x, _per_batch(warmup, batch), n)
+            rows += _latency_rows(name or type(model).__name__, int(batch), n, times)
     finally:
         torch.set_num_threads(prev_threads)
         model.to(device).train(was_training)
     return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
+
+
+def _time_backends(
+    model: nn.Module, session: Any, x: torch.Tensor, warmup: int, n: int
+) -> dict[str, list[float]]:
+    """`n` timed calls of each backend on `x` after `warmup` untimed ones, in two alternating
+    blocks (see the module's docstring); seconds per call, per backend."""
+    input_name = session.get_inputs()[0].name
+    feed = {input_name: x.numpy()}
+    for _ in range(warmup):
+        model(x)
+        session.run(None, feed)
+    times: dict[str, list[float]] = {"eager": [], "onnxruntime": []}
+    for size in ((n + 1) // 2, n // 2):  # eager, ORT, eager, ORT: load drift hits both
+        times["eager"] += _time_calls(model, (x,), size)
+        times["onnxruntime"] += _time_calls(session.run, (None, feed), size)
+    return times
+
+
+def _latency_rows(
+    name: str, batch: int, repeats: int, times: Mapping[str, list[float]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for backend, t in times.items():
+        median = float(np.median(t))
+        rows.append(
+            {
+                "model": name,
+                "backend": backend,
+                "batch": batch,
+                "median_ms": median * 1e3,
+                "p90_ms": float(np.percentile(t, 90)) * 1e3,
+                "images_per_s": batch / median,
+                "repeats": repeats,
+            }
+        )
+    return rows
 
 
 def latency_ratio(frame: pd.DataFrame) -> pd.DataFrame:

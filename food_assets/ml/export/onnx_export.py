@@ -56,12 +56,19 @@ def export_onnx(
     Raises:
         CheckpointError: the model cannot be exported (or the result fails the ONNX checker).
     """
-    import onnx
-
     pre = card.preprocess.with_size(input_size)
     meta = OnnxMetadata(card.name, tuple(card.class_names), pre, float(card.temperature))
+    proto = _export_proto(model, pre.input_size, opset=opset, name=card.name)
+    _check_io(proto, card.num_classes, card.name)
+    _stamp(proto, meta, f"food_assets model {card.name} ({card.num_classes} classes)")
+    return _check_and_save(proto, Path(path), card.name)
+
+
+def _export_proto(model: nn.Module, size: int, *, opset: int | None, name: str) -> Any:
+    """The dynamo exporter's ModelProto for `model` on `(batch, 3, size, size)` inputs; the
+    model runs in eval mode and gets its mode back."""
     device = next(iter(model.parameters()), torch.empty(0)).device
-    example = torch.randn(2, 3, pre.input_size, pre.input_size, device=device)
+    example = torch.randn(2, 3, size, size, device=device)
     was_training = model.training
     model.eval()
     try:
@@ -76,21 +83,24 @@ def export_onnx(
             optimize=True,
             verbose=False,
         )
-        proto = program.model_proto
+        return program.model_proto
     except Exception as exc:  # the exporter raises many types; all mean "this model won't export"
         root = exc
         while root.__cause__ is not None:  # the exporter wraps the real reason several times
             root = root.__cause__
         lines = str(root).strip().splitlines()
         raise CheckpointError(
-            f"could not export model {card.name!r} to ONNX "
+            f"could not export model {name!r} to ONNX "
             f"({type(root).__name__}: {lines[0] if lines else ''}). "
             "If the model cannot be exported, set onnx=False in its registry entry."
         ) from exc
     finally:
         model.train(was_training)
 
-    _check_io(proto, card.num_classes, card.name)
+
+def _stamp(proto: Any, meta: OnnxMetadata, doc: str) -> None:
+    """Write our metadata props (replacing any the exporter set under the same keys), the
+    graph hash, the producer name and the doc string into `proto`."""
     props = meta.to_props()
     props[K_GRAPH_SHA] = graph_sha256(proto.graph)
     kept = [p for p in proto.metadata_props if p.key not in props]
@@ -100,12 +110,17 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "food_assets"
-    proto.doc_string = f"food_assets model {card.name} ({card.num_classes} classes)"
+    proto.doc_string = doc
+
+
+def _check_and_save(proto: Any, path: Path, name: str) -> Path:
+    """Run `onnx.checker`, then write the file atomically."""
+    import onnx
+
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise CheckpointError(f"the ONNX export of {card.name!r} fails the checker: {exc}") from exc
-    path = Path(path)
+        raise CheckpointError(f"the ONNX export of {name!r} fails the checker: {exc}") from exc
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return path
