@@ -10,8 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 setup:
 	@bash scripts/setup.sh
 
+# `dg` reads [tool.dg] in pyproject.toml; the older form still works:
+#   .venv/bin/dagster asset materialize -m food_assets.definitions --select '*' -c configs/sample.yaml
 run: setup
-	.venv/bin/dagster asset materialize -m food_assets.definitions --select '*' -c configs/sample.yaml
+	.venv/bin/dg launch --assets '*' --config configs/sample.yaml
 
 test: setup
 	.venv/bin/python -m pytest
@@ -28,8 +30,9 @@ mutation: setup
 		$$(.venv/bin/python scripts/mutation_score.py --globs)
 	.venv/bin/python scripts/mutation_score.py --fail-under 90
 
+# `dg dev` (or: .venv/bin/dagster dev -w workspace.yaml)
 ui: setup
-	.venv/bin/dagster dev -w workspace.yaml
+	.venv/bin/dg dev
 
 lint:
 	.venv/bin/ruff check food_assets food_assets_tests benchmarks
