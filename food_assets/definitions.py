@@ -1,4 +1,5 @@
-"""The one place that assembles the code location: assets, checks, resources, jobs, schedules."""
+"""The one place that assembles the code location: assets, checks, resources, jobs, schedules,
+the automation sensor. `dg` finds it through `[tool.dg.project]` in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def build_definitions(
         resources=resources or default_resources(),
         jobs=schedules.jobs(),
         schedules=schedules.schedules(),
+        sensors=schedules.sensors(),
     )
 
 

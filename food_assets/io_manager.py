@@ -7,7 +7,7 @@ type tag and fields, generically over the project's dataclasses (`RawImages`, `S
     {"$type": "food_assets.assets.models:TrainedModel", "fields": {...}}
     {"$path": "artifacts/model_custom_cnn/bundle"}       a path under the artifact root, relative
     {"$abspath": "/srv/food101"}                         a path outside it (source images)
-    {"$frame": "artifacts/model_comparison/value.parquet"}   a DataFrame, stored next to it
+    {"$frame": "artifacts/leaderboard/value.parquet"}   a DataFrame, stored next to it
     {"$tuple": [...]}, {"$float": "nan"}, {"$dict": [[key, value], ...]}
 
 Paths under the root are written relative to it and resolved, on load, against the loading

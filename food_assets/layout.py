@@ -8,14 +8,14 @@ copy (`food_assets.storage` keeps them in step). Nothing else in food_assets bui
 here.
 
     <root>/artifacts/<asset>/value.json        the IO manager's record of the asset's value
-    <root>/artifacts/<asset>/value.parquet     a DataFrame value (model_comparison's table)
+    <root>/artifacts/<asset>/value.parquet     a DataFrame value (leaderboard's table)
     <root>/artifacts/food_images_raw/manifest.parquet, quarantine.parquet
     <root>/artifacts/food_splits/splits.parquet, class_map.json
     <root>/artifacts/model_<name>/bundle/      model.safetensors + card.json
     <root>/artifacts/evaluation_<name>/metrics.json, calibration.json, predictions.parquet, ...
     <root>/artifacts/onnx_<name>/model.onnx, parity.json, latency.json
     <root>/artifacts/gradcam_<name>/report/
-    <root>/artifacts/model_comparison/comparison.md, comparison.csv, skipped.json
+    <root>/artifacts/leaderboard/comparison.md, comparison.csv, skipped.json
 
 Outside the artifact root, under the data folder (local to each machine):
 
@@ -42,7 +42,8 @@ ONNX_FILE = "model.onnx"
 
 RAW_ASSET = "food_images_raw"
 SPLITS_ASSET = "food_splits"
-COMPARISON_ASSET = "model_comparison"
+#: Not `model_...`: `--select 'key:model_*'` then selects exactly the registry's models.
+LEADERBOARD_ASSET = "leaderboard"
 
 #: The per-model asset families, `<kind>_<model name>`.
 MODEL_KINDS = ("model", "evaluation", "onnx", "gradcam")
@@ -69,9 +70,7 @@ def gradcam_asset(name: str) -> str:
 
 def model_name_of(asset: str) -> str | None:
     """`custom_cnn` for `model_custom_cnn` or `onnx_custom_cnn` (any per-model kind); None for
-    the other assets (`model_comparison` included: it is not a model)."""
-    if asset == COMPARISON_ASSET:
-        return None
+    the other assets (`leaderboard` included: it is not a model)."""
     kind, sep, name = asset.partition("_")
     return name if sep and kind in MODEL_KINDS and name else None
 
@@ -169,12 +168,12 @@ def gradcam_report_dir(root: P, name: str) -> P:
     return gradcam_dir(root, name) / "report"  # type: ignore[operator]
 
 
-def comparison_dir(root: P) -> P:
-    return asset_dir(root, COMPARISON_ASSET)
+def leaderboard_dir(root: P) -> P:
+    return asset_dir(root, LEADERBOARD_ASSET)
 
 
 def skipped_file(root: P) -> P:
-    return comparison_dir(root) / "skipped.json"  # type: ignore[operator]
+    return leaderboard_dir(root) / "skipped.json"  # type: ignore[operator]
 
 
 # -- under the (local) data folder ---------------------------------------------------------------

@@ -139,10 +139,20 @@ def _mlflow_artifact_location(uri: str) -> str | None:
             is_required=False,
             description="Artifact root for a new experiment (default: next to a SQLite store).",
         ),
+        "ui_url": dg.Field(
+            dg.Noneable(str),
+            default_value=None,
+            is_required=False,
+            description="Base URL of the MLflow UI for the links in asset metadata when the "
+            "tracking URI is not an http(s) server (default: FOOD_ASSETS_MLFLOW_UI_URL, else "
+            "http://127.0.0.1:5000, where `mlflow ui` listens).",
+        ),
     }
 )
 def food_mlflow(context: dg.InitResourceContext):
-    """dagster-mlflow's `MlFlow` resource, after making sure the experiment exists once.
+    """dagster-mlflow's `MlFlow` resource, after making sure the experiment exists once, and
+    ending at teardown the parent run it opened or resumed (dagster-mlflow's own
+    `end_mlflow_on_run_finished` hook does that for jobs; assets have no hooks).
 
     Two step processes opening a fresh SQLite store at the same moment would race in its schema
     migration, and a new experiment would put artifacts under the current directory; a file lock
@@ -179,33 +189,55 @@ def food_mlflow(context: dg.InitResourceContext):
         run_id = run.run_id if run else f"direct-{uuid.uuid4().hex[:12]}"
         resource_config = {**cfg, "mlflow_tracking_uri": uri}
 
-    return MlFlow(_Context())
+    resource = MlFlow(_Context())
+    resource.ui_url = cfg.get("ui_url")  # read by food_assets.tracking for the metadata links
+    parent = mlflow.active_run()
+    try:
+        yield resource
+    finally:
+        _end_parent_run(parent.info.run_id if parent else None)
+
+
+def _end_parent_run(run_id: str | None) -> None:
+    """End the parent run this resource opened, and any run a step left open above it.
+
+    A run is never left active in the process: the next Dagster run (or a test against another
+    store) must not log into it. With the multiprocess executor each step process resumes the
+    parent (dagster-mlflow finds it by its `dagster_run_id` tag) and ends it here again."""
+    import mlflow
+
+    if run_id is None or mlflow.active_run() is None:
+        return
+    ids = set()
+    while (active := mlflow.active_run()) is not None and run_id not in ids:
+        ids.add(active.info.run_id)
+        _end_active_run()
+
+
+def _end_active_run(status: str = "FINISHED") -> None:
+    """`mlflow.end_run()`, which leaves the run inactive in this process even when its store no
+    longer knows it (MLflow pops its active-run stack before it tells the store)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.end_run(status=status)
+    except MlflowException:
+        pass  # the store (deleted, or another test's) no longer has the run: it is inactive now
 
 
 def _end_stale_runs(dagster_run_id: str | None) -> None:
-    """End MLflow runs left active in this process by an earlier Dagster run.
+    """End MLflow runs left active in this process by code that did not end them (an earlier
+    Dagster run that crashed, a notebook), before this Dagster run starts its own.
 
-    dagster-mlflow leaves its parent run active when no end hook ran (an in-process run that
-    finished or failed); the next Dagster run must not log into it. Runs end against the store
-    they belong to (the tracking URI is still the previous one here); one that store no longer
-    knows is simply dropped from MLflow's active-run stack.
-    """
+    Runs end against the store they belong to (the tracking URI is still the previous one
+    here); one that store no longer knows just stops being active. Public API only."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     while (active := mlflow.active_run()) is not None:
         if dagster_run_id and active.data.tags.get("dagster_run_id") == dagster_run_id:
             return
-        try:
-            mlflow.end_run()
-        except MlflowException:
-            from mlflow.tracking import fluent
-
-            stack = fluent._active_run_stack.get()  # no public API drops a run it cannot end
-            if stack:
-                stack.pop()
-            else:
-                return
+        _end_active_run()
 
 
 def default_resources(data_dir: str | None = None) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished
 
+from food_assets.layout import LEADERBOARD_ASSET
+
 #: Every trained model (and the data it needs).
 train_all_job = dg.define_asset_job(
     "train_all",
@@ -18,12 +20,26 @@ train_all_job = dg.define_asset_job(
 reevaluate_job = dg.define_asset_job(
     "reevaluate",
     selection=dg.AssetSelection.groups("evaluation"),
-    description="Re-evaluate the latest checkpoints and rebuild the comparison; checks included.",
+    description="Re-evaluate the latest checkpoints and rebuild the leaderboard; checks included.",
     hooks={end_mlflow_on_run_finished},
 )
 
 #: Nightly at 03:00 UTC; stopped by default, switch it on in the UI (Automation -> Schedules).
 REEVALUATE_CRON = "0 3 * * *"
+
+
+def sensors() -> list[dg.SensorDefinition]:
+    """The automation sensor that evaluates `leaderboard`'s automation condition (eager: after
+    its evaluations or exports update, never past a failed blocking check; ADR 0011). Stopped
+    by default like the schedule: switch it on in the UI (Automation -> Sensors)."""
+    return [
+        dg.AutomationConditionSensorDefinition(
+            "leaderboard_automation",
+            target=dg.AssetSelection.assets(LEADERBOARD_ASSET),
+            default_status=dg.DefaultSensorStatus.STOPPED,
+            description="Rebuild the leaderboard when an evaluation or export updates.",
+        )
+    ]
 
 
 def jobs() -> list:

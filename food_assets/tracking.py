@@ -1,49 +1,92 @@
 """MLflow records of a model materialization: the Dagster side's tracking helper.
 
 One nested MLflow run per `model_<name>` materialization under dagster-mlflow's run for the
-Dagster run (ADR 0004): Lightning's per-epoch curves go in through `ModelRun.loggers()`; the
-params, numeric metadata, artifacts (bundle, checkpoints, plots, label map, resolved config) and
-the logged model with its signature through `ModelRun.log_fit`. `food_assets.ml` never imports
-MLflow; the asset body calls this module and nothing else about tracking.
+Dagster run (ADR 0004), opened and ended by `model_run`: Lightning's own `MLFlowLogger` writes
+the per-epoch curves into it (`ModelRun.loggers()`, nothing else logs per epoch); `ModelRun.log_fit`
+adds the params, numeric metadata, artifacts (bundle, checkpoints, plots, label map, resolved
+config), the logged model with its signature, and registers that model as a new version of
+`food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the `champion` alias
+(`set_champion`, ADR 0012). `food_assets.ml` never imports MLflow; the asset bodies call this
+module and nothing else about tracking.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from food_assets import catalog, layout
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
 
 #: The versions the logged model names, so that MLflow does not pip-freeze the environment.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch"]
-#: Where the tracking UI runs (the link in the asset's metadata).
-MLFLOW_UI = "http://localhost:5000"
+#: Where the tracking UI runs when the tracking URI is a database or a folder (the links in the
+#: assets' metadata); an http(s) tracking URI is its own UI. Override: the `mlflow` resource's
+#: `ui_url`, else this environment variable.
+UI_URL_ENV = "FOOD_ASSETS_MLFLOW_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+#: Keys `log_fit` adds to `FitResult.metadata`, so that the model's value (and from there the
+#: evaluation's report) names the registered version the leaderboard may promote.
+REGISTERED_MODEL_KEY = "mlflow_registered_model"
+MODEL_VERSION_KEY = "mlflow_model_version"
 
 
-@dataclass(frozen=True)
+def ui_url(tracking_uri: str, configured: str | None = None) -> str:
+    """The MLflow UI's base URL for a tracking URI.
+
+    An http(s) tracking URI is the server that serves the UI too (credentials dropped); any
+    other store (SQLite, a folder, PostgreSQL) has no UI of its own: `configured` (the resource's
+    `ui_url`), else FOOD_ASSETS_MLFLOW_UI_URL, else http://127.0.0.1:5000 (`mlflow ui`).
+    """
+    parts = urlsplit(tracking_uri)
+    if parts.scheme in ("http", "https"):
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return (configured or os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL).rstrip("/")
+
+
+def run_link(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_version_link(base: str, name: str, version: str | int) -> str:
+    return f"{base}/#/models/{name}/versions/{version}"
+
+
+@dataclass
 class ModelRun:
-    """The MLflow run of one model materialization."""
+    """The MLflow run of one model materialization (and, once `log_fit` ran, its version)."""
 
     run: Any  # mlflow.ActiveRun
+    ui_base: str = DEFAULT_UI_URL
+    version: Any = None  # mlflow.entities.model_registry.ModelVersion
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
     def loggers(self) -> list[Any]:
-        """Lightning loggers that write into this run (per-epoch metrics)."""
+        """Lightning's own `MLFlowLogger` on this run: the per-epoch metrics (the only per-epoch
+        logger). Lightning marks the run finished when the fit ends; `model_run` ends it for
+        good (failed, if anything after the fit raises)."""
         import mlflow
         from lightning.pytorch.loggers import MLFlowLogger
 
         return [MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=self.run_id)]
 
     def log_fit(self, result: FitResult, params: dict[str, Any]) -> None:
-        """Params, numeric metadata as metrics, artifacts and the logged model."""
+        """Params, numeric metadata as metrics, artifacts, the logged model and its registered
+        version (`register_version`; the version goes into `result.metadata` too)."""
         import mlflow
 
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -52,55 +95,71 @@ class ModelRun:
                 mlflow.log_metric(k, float(v))
         if result.metadata.get("weights_fallback"):
             mlflow.set_tag("weights_fallback", "scratch")
-        mlflow.log_dict({i: c for i, c in enumerate(result.card.class_names)}, "label_map.json")
+        mlflow.log_dict(label_map(result.card.class_names), "label_map.json")
         mlflow.log_dict(params, "resolved_config.json")
-        mlflow.log_artifacts(str(result.bundle_dir), artifact_path="bundle")
+        mlflow.log_artifacts(str(result.bundle_dir), artifact_path=catalog.BUNDLE_ARTIFACT_PATH)
         best = result.metadata.get("best_checkpoint")
         if best and Path(best).is_file():
             mlflow.log_artifact(str(best), artifact_path="checkpoints")
         for path in result.plots.values():
             mlflow.log_artifact(str(path), artifact_path="plots")
-        log_model_with_signature(result)
+        info = log_model_with_signature(result)
+        self.version = register_version(info, result, self.run)
+        result.metadata[REGISTERED_MODEL_KEY] = self.version.name
+        result.metadata[MODEL_VERSION_KEY] = int(self.version.version)
 
     def metadata(self) -> dict[str, Any]:
-        """The run's id, a link to it and the tracking URI, for the asset's metadata."""
+        """The run's id, links to it (and to the registered version) and the tracking URI, for
+        the asset's metadata."""
         import dagster as dg
         import mlflow
 
         info = self.run.info
-        return {
+        meta: dict[str, Any] = {
             "mlflow_run_id": info.run_id,
             "mlflow_run": dg.MetadataValue.url(
-                f"{MLFLOW_UI}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+                run_link(self.ui_base, info.experiment_id, info.run_id)
             ),
             "mlflow_tracking_uri": mlflow.get_tracking_uri(),
         }
+        if self.version is not None:
+            name, number = self.version.name, self.version.version
+            meta["mlflow_model_uri"] = f"models:/{name}/{number}"
+            meta["mlflow_model_version"] = dg.MetadataValue.url(
+                model_version_link(self.ui_base, name, number)
+            )
+        return meta
 
 
 @contextlib.contextmanager
 def model_run(mlflow_resource: Any, run_name: str, tags: dict[str, str]) -> Iterator[ModelRun]:
-    """A nested MLflow run for one model under the Dagster run's parent run.
+    """A nested MLflow run for one model under the Dagster run's parent run, ended here.
 
-    dagster-mlflow keeps one parent per Dagster run, so several models in one run stay apart.
-    A fit that declines to run (`FitSkipped`) leaves no run behind: the nested run it was given
-    is deleted, as if it had not been opened.
+    dagster-mlflow keeps one parent per Dagster run (the resource opens it and ends it at
+    teardown), so several models in one run stay apart. The `with` ends the nested run: finished,
+    or failed when the body raises. A fit that declines to run (`FitSkipped`) leaves no run
+    behind: the nested run it was given is deleted, as if it had not been opened.
     """
     import mlflow
 
-    del mlflow_resource  # its initialisation set the tracking URI and the parent run
+    base = ui_url(mlflow.get_tracking_uri(), getattr(mlflow_resource, "ui_url", None))
     with contextlib.ExitStack() as stack:
         run = stack.enter_context(mlflow.start_run(run_name=run_name, nested=True, tags=tags))
         try:
-            yield ModelRun(run)
+            yield ModelRun(run, ui_base=base)
         except FitSkipped:
             stack.close()  # end it first: a run is deleted once it is no longer active
             mlflow.MlflowClient().delete_run(run.info.run_id)
             raise
 
 
-def log_model_with_signature(result: FitResult) -> None:
+def label_map(class_names: Any) -> dict[int, str]:
+    return {i: c for i, c in enumerate(class_names)}
+
+
+def log_model_with_signature(result: FitResult) -> Any:
     """The logged model: the network as MLflow's PyTorch flavour, with its input/output
-    signature taken from a real forward pass."""
+    signature taken from a real forward pass. Returns MLflow's `ModelInfo`."""
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -118,10 +177,157 @@ def log_model_with_signature(result: FitResult) -> None:
         # MLflow notes that it cannot validate `Any` type hints it finds; the explicit
         # signature below is what validates inputs.
         warnings.filterwarnings("ignore", message=".*Any type hint is inferred.*")
-        mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             model,
             name="model",
             signature=infer_signature(x.numpy(), y.numpy()),
             input_example=x.numpy(),
             pip_requirements=PIP_REQUIREMENTS,
         )
+
+
+def register_version(model_info: Any, result: FitResult, run: Any) -> Any:
+    """A new version of `food_assets.<name>` for the logged model, with what a consumer needs
+    beside the weights as version tags: the label map, the preprocessing, the temperature
+    (the card's, 1.0 as trained, until the leaderboard records the evaluation's) and where the
+    bundle is among the run's artifacts."""
+    import mlflow
+
+    card = result.card
+    tags = {
+        "model": card.name,
+        "label_map": json.dumps(label_map(card.class_names)),
+        "preprocess": json.dumps(card.preprocess.to_dict()),
+        "temperature": repr(float(card.temperature)),
+        "temperature_source": catalog.TEMPERATURE_AS_TRAINED,
+        "bundle_artifact_path": catalog.BUNDLE_ARTIFACT_PATH,
+        **{k: v for k, v in run.data.tags.items() if k in ("dagster_run_id", "asset", "source")},
+    }
+    return mlflow.register_model(
+        model_info.model_uri, catalog.registered_model_name(card.name), tags=tags
+    )
+
+
+# -- the champion --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated model as the leaderboard sees it, and whether it may be the champion."""
+
+    model: str
+    acc: float | None
+    floor: float | None
+    check_passed: bool
+    version: int | None
+    reason: str = ""
+
+    @property
+    def eligible(self) -> bool:
+        """Passed its accuracy floor (the blocking check, and acc >= floor) and has a version."""
+        return (
+            self.check_passed
+            and self.acc is not None
+            and self.floor is not None
+            and self.acc >= self.floor
+            and self.version is not None
+        )
+
+
+def choose_champion(candidates: list[Candidate]) -> Candidate | None:
+    """The one rule (ADR 0012): among eligible candidates, the highest test top-1; equal
+    accuracies go to the name that sorts first. None when no candidate is eligible."""
+    eligible = [c for c in candidates if c.eligible]
+    eligible.sort(key=lambda c: (-(c.acc or 0.0), c.model))
+    return eligible[0] if eligible else None
+
+
+def _candidate(instance: Any, key: str, report: Any) -> Candidate:
+    """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
+    result of its blocking accuracy check as Dagster recorded it (it must be the check of the
+    evaluation the leaderboard read: same run as the latest materialization)."""
+    import dagster as dg
+
+    from food_assets.assets.evaluation import ACCURACY_CHECK
+
+    model = layout.model_name_of(key) or key
+    summary = getattr(report, "summary", None)
+    if summary is None:  # a Skipped value: nothing was evaluated
+        return Candidate(model, None, None, False, None, getattr(report, "reason", "skipped"))
+    acc = float(summary.get("test/acc_top1", float("nan")))
+    version = report.model_metadata.get(MODEL_VERSION_KEY)
+    version = int(version) if isinstance(version, int | float | str) and str(version) else None
+    asset_key = dg.AssetKey(layout.evaluation_asset(model))
+    record = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
+    )
+    latest = instance.get_latest_materialization_event(asset_key)
+    evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
+    if evaluation is None or not hasattr(evaluation, "passed"):
+        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
+    if latest is None or latest.run_id != record.run_id:
+        return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
+    floor_value = evaluation.metadata.get("floor")
+    floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
+    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
+    if version is None:
+        reason = reason or "no registered model version"
+    return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
+
+
+def set_champion(
+    context: Any, mlflow_resource: Any, evaluations: Mapping[str, Any]
+) -> Candidate | None:
+    """Point the `champion` alias at the best model whose evaluation passed its accuracy floor.
+
+    Every evaluated version gets its test accuracy, floor, check verdict and calibrated
+    temperature as tags. The alias goes on `food_assets.<best>` and comes off every other
+    `food_assets.*` model, so there is one champion; when no model is eligible there is none
+    (a model under its floor never keeps or gets it). Adds the outcome to the asset's metadata.
+    """
+    import mlflow
+
+    uri = getattr(mlflow_resource, "tracking_uri", None) or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    candidates = [_candidate(context.instance, k, r) for k, r in sorted(evaluations.items())]
+    for c, report in zip(candidates, (evaluations[k] for k in sorted(evaluations)), strict=True):
+        if c.version is None:
+            continue
+        name = catalog.registered_model_name(c.model)
+        tags = {
+            "test_acc_top1": f"{c.acc:.6f}",
+            "accuracy_floor": "n/a" if c.floor is None else f"{c.floor:.6f}",
+            "accuracy_check": "passed" if c.check_passed else "failed",
+            "temperature": repr(float(report.temperature)),
+            "temperature_source": catalog.TEMPERATURE_FROM_EVALUATION,
+        }
+        for k, v in tags.items():
+            client.set_model_version_tag(name, str(c.version), k, v)
+    champion = choose_champion(candidates)
+    keep = catalog.registered_model_name(champion.model) if champion else None
+    for registered in catalog.search_registered_models(client):
+        if catalog.CHAMPION in registered.aliases and registered.name != keep:
+            client.delete_registered_model_alias(registered.name, catalog.CHAMPION)
+    base = ui_url(uri, getattr(mlflow_resource, "ui_url", None))
+    if champion is None:
+        context.log.warning(
+            "no champion: no model passed its accuracy floor with a registered version ("
+            + "; ".join(f"{c.model}: {c.reason or 'not eligible'}" for c in candidates)
+            + ")"
+        )
+        context.add_output_metadata({"champion": "none"})
+        return None
+    client.set_registered_model_alias(keep, catalog.CHAMPION, str(champion.version))
+    import dagster as dg
+
+    context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
+    context.add_output_metadata(
+        {
+            "champion": champion.model,
+            "champion_uri": f"models:/{keep}@{catalog.CHAMPION}",
+            "champion_version": dg.MetadataValue.url(
+                model_version_link(base, keep, champion.version)
+            ),
+        }
+    )
+    return champion

@@ -76,12 +76,12 @@ def test_accuracy_checks_ran_and_comparison_lists_every_model(graph_run):
     checks = _checks(graph_run["result"])
     for name in list_models():
         assert (f"evaluation_{name}", "accuracy_above_floor") in checks
-    table = graph_run["result"].output_for_node("model_comparison")
+    table = graph_run["result"].output_for_node("leaderboard")
     assert set(table["model"]) == set(TRAINED)
     assert table["latency_ms"].notna().all()  # measured by the onnx_* assets
-    meta = _meta(graph_run, "model_comparison")
+    meta = _meta(graph_run, "leaderboard")
     assert "clip_zero_shot" in meta["skipped_models"]
-    md = (graph_run["data_dir"] / "artifacts" / "model_comparison" / "comparison.md").read_text()
+    md = (graph_run["data_dir"] / "artifacts" / "leaderboard" / "comparison.md").read_text()
     assert all(n in md for n in TRAINED)
 
 
@@ -118,7 +118,7 @@ def test_reevaluation_job_and_schedule(graph_run):
     assert schedule.job_name == "reevaluate"
     job = defs.resolve_job_def("reevaluate")
     selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert selected == {f"evaluation_{n}" for n in list_models()} | {"model_comparison"}
+    assert selected == {f"evaluation_{n}" for n in list_models()} | {"leaderboard"}
     result = job.execute_in_process(
         instance=graph_run["instance"],
         run_config={

@@ -172,7 +172,7 @@ def test_a_skipped_models_checks_fail_at_warn_and_block_nothing(
 
 def test_the_graph_run_lists_skipped_models_and_their_checks_did_not_pass(graph_run):
     """In the full graph run the CLIP models are skipped: every one of their checks is a WARN
-    "not evaluated" failure, and `model_comparison` is still materialized and lists them.
+    "not evaluated" failure, and `leaderboard` is still materialized and lists them.
     Catches a skipped model's check reporting a pass, and a WARN failure hiding the comparison."""
     result = graph_run["result"]
     assert result.success
@@ -186,10 +186,10 @@ def test_the_graph_run_lists_skipped_models_and_their_checks_did_not_pass(graph_
             evaluation = evaluations[(asset, check)]
             assert (evaluation.passed, evaluation.severity) == (False, WARN), asset
             assert evaluation.description.startswith("not evaluated: "), asset
-    assert "model_comparison" in _materialized(result)
-    table = result.output_for_node("model_comparison")
+    assert "leaderboard" in _materialized(result)
+    table = result.output_for_node("leaderboard")
     assert sorted(table["model"]) == sorted(TRAINED)
-    meta = result.asset_materializations_for_node("model_comparison")[0].metadata
+    meta = result.asset_materializations_for_node("leaderboard")[0].metadata
     for name in SKIPPED:
         assert name in meta["skipped_models"].value
 
@@ -199,7 +199,7 @@ def _reevaluate(graph_run, resources, names):
     defs = build_definitions(resources)
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets(*(f"evaluation_{n}" for n in names), "model_comparison"),
+        selection=dg.AssetSelection.assets(*(f"evaluation_{n}" for n in names), "leaderboard"),
         resources=resources,
         instance=graph_run["instance"],
         raise_on_error=False,
@@ -212,7 +212,7 @@ def test_one_models_failed_accuracy_gate_hides_the_comparison_a_skip_does_not(
 ):
     """ADR 0007's rule, both sides, in runs that also hold a skipped model's evaluation (a WARN
     "not evaluated" failure). Floor at the measured accuracy: the comparison is rebuilt. Floor
-    above it: the ERROR check fails the run and `model_comparison` is not materialized.
+    above it: the ERROR check fails the run and `leaderboard` is not materialized.
     Catches the accuracy check losing `blocking=True` or ERROR severity, and a skipped model's
     WARN failure blocking the comparison."""
     name = "custom_cnn"
@@ -229,7 +229,7 @@ def test_one_models_failed_accuracy_gate_hides_the_comparison_a_skip_does_not(
     assert evaluations[(f"evaluation_{name}", "accuracy_above_floor")].passed is True
     skipped = evaluations[("evaluation_clip_zero_shot", "accuracy_above_floor")]
     assert (skipped.passed, skipped.severity) == (False, WARN)
-    assert "model_comparison" in _materialized(passing) and _blocked(passing) == []
+    assert "leaderboard" in _materialized(passing) and _blocked(passing) == []
 
     failing = outcomes["above"]
     assert not failing.success
@@ -239,8 +239,8 @@ def test_one_models_failed_accuracy_gate_hides_the_comparison_a_skip_does_not(
     assert failing.get_failed_step_keys() == {f"evaluation_{name}"}
     # Dagster stores the value before the check fails the step (ADR 0007, "Limits").
     assert f"evaluation_{name}" in _materialized(failing)
-    assert "model_comparison" not in _materialized(failing)
-    assert _blocked(failing) == ["model_comparison"]
+    assert "leaderboard" not in _materialized(failing)
+    assert _blocked(failing) == ["leaderboard"]
 
 
 def test_the_shipped_floor_reaches_the_check_in_a_run(graph_run, mlflow_isolated):
@@ -269,7 +269,7 @@ def test_an_onnx_parity_mismatch_fails_the_run_and_blocks_the_comparison(graph_r
     """An exporter that writes a different network than the bundle (one weight tensor shifted;
     its metadata and graph hash are consistent, so only parity can tell): `onnx_parity` fails
     at ERROR, the run fails (README: "A failing check ... ONNX parity ... fails that run") and
-    `model_comparison` is not materialized. Catches a parity check that always passes or
+    `leaderboard` is not materialized. Catches a parity check that always passes or
     reports at WARN, and one that is not `blocking=True`."""
     from food_assets.ml.export import onnx_export
 
@@ -291,7 +291,7 @@ def test_an_onnx_parity_mismatch_fails_the_run_and_blocks_the_comparison(graph_r
         defs = graph_run["defs"]
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.assets(f"onnx_{name}", "model_comparison"),
+            selection=dg.AssetSelection.assets(f"onnx_{name}", "leaderboard"),
             resources=graph_run["resources"],
             instance=graph_run["instance"],
             raise_on_error=False,
@@ -306,5 +306,5 @@ def test_an_onnx_parity_mismatch_fails_the_run_and_blocks_the_comparison(graph_r
     assert not result.success
     assert result.get_failed_step_keys() == {f"onnx_{name}_onnx_parity"}
     assert f"onnx_{name}" in _materialized(result)  # the export ran; its check failed
-    assert "model_comparison" not in _materialized(result)
-    assert _blocked(result) == ["model_comparison"]
+    assert "leaderboard" not in _materialized(result)
+    assert _blocked(result) == ["leaderboard"]

@@ -25,7 +25,7 @@ def test_every_registry_model_has_its_assets():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for name in list_models():
         assert {f"model_{name}", f"evaluation_{name}", f"onnx_{name}", f"gradcam_{name}"} <= keys
-    assert {"food_images_raw", "food_splits", "model_comparison"} <= keys
+    assert {"food_images_raw", "food_splits", "leaderboard"} <= keys
 
 
 def test_jobs_schedule_and_resources():

@@ -172,3 +172,7 @@ def test_team_config_runs_the_graph_on_postgres(
     assert (artifact_root / mlflow_run_id / "artifacts" / "bundle" / "card.json").is_file()
     mlflow_db = mlflow_url.replace("+psycopg2", "")
     assert _pg_count(mlflow_db, "select count(*) from runs") >= 2  # parent + model run
+    # The Model Registry in the same database (ADR 0012): the model is a registered version.
+    versions = client.search_model_versions("name = 'food_assets.custom_cnn'")
+    assert [v.run_id for v in versions] == [mlflow_run_id]
+    assert "label_map" in versions[0].tags

@@ -71,8 +71,8 @@ def test_no_path_is_built_by_hand_outside_layout() -> None:
 def test_layout_is_the_same_on_local_and_remote_roots() -> None:
     """One function gives the remote location and its local copy (`upath` joins like `Path`).
 
-    Breakage tried: `model_name_of` returning the name for `model_comparison` (the catalog
-    would list a model called "comparison"): fails.
+    Breakage tried: `model_name_of` returning a name for `leaderboard` (the catalog would list
+    a model that is not one): fails.
     """
     from upath import UPath
 
@@ -83,7 +83,7 @@ def test_layout_is_the_same_on_local_and_remote_roots() -> None:
     assert layout.calibration_file(local, "x").parent == layout.evaluation_dir(local, "x")
     assert str(layout.record_file(remote, "food_splits")).endswith("food_splits/value.json")
     assert layout.model_name_of("onnx_efficientnet_b0") == "efficientnet_b0"
-    assert layout.model_name_of("model_comparison") is None
+    assert layout.model_name_of("leaderboard") is None
     assert layout.model_name_of("food_splits") is None
     assert layout.remote_cache_root(local, "s3://bucket/a/b") == Path(
         "/data/artifact_cache/s3/bucket/a/b"

@@ -13,7 +13,13 @@ import pandas as pd
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import check_result, md_table, user_errors
+from food_assets.assets._common import (
+    check_result,
+    code_version,
+    md_table,
+    table_metadata,
+    user_errors,
+)
 from food_assets.ml import artifacts
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
 from food_assets.ml.data.raw import RawScan, collect_raw_images
@@ -67,7 +73,12 @@ class RawImages:
         return pd.read_parquet(self.manifest_path)
 
 
-@dg.asset(group_name="data", kinds={"python", "parquet"})
+#: Scanning, sample generation and splitting: a change in `food_assets.ml.data` makes the data
+#: assets (and so everything downstream) stale (ADR 0011).
+DATA_CODE_VERSION = code_version("data", modules=["food_assets.ml.data"])
+
+
+@dg.asset(group_name="data", kinds={"python", "parquet"}, code_version=DATA_CODE_VERSION)
 def food_images_raw(
     context: dg.AssetExecutionContext, config: DataSourceConfig, artifact_store: ArtifactStore
 ) -> dg.MaterializeResult:
@@ -115,6 +126,7 @@ def _raw_metadata(source: str, raw: RawScan, artifact_store: ArtifactStore) -> d
     manifest, quarantine = raw.scan.manifest, raw.scan.quarantine
     per_class = manifest.groupby("label").size().rename("images").reset_index()
     return {
+        **table_metadata(manifest),  # the manifest's rows and columns, natively in the UI
         "source": source,
         "root": dg.MetadataValue.path(str(raw.listing.root)),
         "num_images": len(manifest),
@@ -139,7 +151,7 @@ class SplitConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="data", kinds={"python", "parquet"})
+@dg.asset(group_name="data", kinds={"python", "parquet"}, code_version=DATA_CODE_VERSION)
 def food_splits(
     context: dg.AssetExecutionContext,
     config: SplitConfig,
@@ -165,6 +177,7 @@ def food_splits(
     return dg.MaterializeResult(
         value=SplitManifest(path=path, class_names=class_names, source=food_images_raw.source),
         metadata={
+            **table_metadata(frame),
             "num_classes": len(class_names),
             **{f"num_{s}": int((frame["split"] == s).sum()) for s in SPLITS},
             "dropped_train_duplicates_of_test": dropped,

@@ -1,4 +1,4 @@
-"""`evaluation_<name>` for every model, the accuracy checks, and `model_comparison`.
+"""`evaluation_<name>` for every model, the accuracy checks, and `leaderboard`.
 
 Evaluation runs on the test split, with temperature scaling fitted on val. The fitted
 temperature goes into the evaluation's own folder (`calibration.json`, `layout.calibration_file`);
@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout
+from food_assets import layout, tracking
 from food_assets.assets._common import (
+    MODEL_SHARED_MODULES,
+    REEVALUATION_FRESHNESS,
     Skipped,
-    md_image,
+    code_version,
+    file_ref,
     md_table,
     not_evaluated,
     skipped_output,
+    table_metadata,
     user_errors,
 )
 from food_assets.assets.models import TrainedModel
@@ -37,6 +41,21 @@ if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch an
 
 EVALUATION_GROUP = "evaluation"
 ACCURACY_CHECK = "accuracy_above_floor"
+
+#: Code versions (ADR 0011): the evaluation code and what loads a bundle; the leaderboard's table.
+EVALUATION_CODE_VERSION = code_version(
+    "evaluation", modules=["food_assets.ml.evaluation", *MODEL_SHARED_MODULES]
+)
+LEADERBOARD_CODE_VERSION = code_version(
+    "leaderboard",
+    modules=["food_assets.ml.evaluation.compare", "food_assets.ml.evaluation.plots"],
+)
+
+#: The leaderboard follows its evaluations and exports when the automation sensor is on
+#: (`leaderboard_automation`, stopped by default), never past a failed blocking check (ADR 0007).
+LEADERBOARD_AUTOMATION = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("eager, blocking checks passed")
 
 #: Minimum test top-1 accuracy per data source and model, used when QualityGates.accuracy has
 #: no entry. food101: below published results for these recipes, with a margin
@@ -114,6 +133,9 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "parquet"},
         description=f"Test-split metrics, calibration and error analysis of model_{name}",
+        pool="gpu",  # inference on the GPU when there is one: one GPU step at a time
+        code_version=EVALUATION_CODE_VERSION,
+        freshness_policy=REEVALUATION_FRESHNESS,  # the nightly re-evaluation refreshes it
         check_specs=[
             dg.AssetCheckSpec(
                 ACCURACY_CHECK,
@@ -209,12 +231,13 @@ def _evaluation_metadata(
         "per_class": md_table(result.per_class, max_rows=101),
         "most_confused_pairs": md_table(result.confused_pairs, max_rows=20),
         "hardest_images": md_table(result.hardest, max_rows=24),
+        **table_metadata(result.predictions),  # the prediction table's rows and columns
         "predictions": dg.MetadataValue.path(store.location(result.files["predictions"])),
         "calibration": dg.MetadataValue.path(store.location(calibration)),
         "mlflow_run_id": model.mlflow_run_id or "n/a",
     }
     for plot_name, path in result.plots.items():
-        metadata[plot_name] = md_image(path, alt=plot_name)
+        metadata[plot_name] = file_ref(path, store)
     return metadata
 
 
@@ -244,6 +267,7 @@ EVALUATION_ASSETS = [build_evaluation_asset(name) for name in list_models()]
 
 
 @dg.asset(
+    name=layout.LEADERBOARD_ASSET,
     group_name=EVALUATION_GROUP,
     ins={layout.evaluation_asset(n): dg.AssetIn(layout.evaluation_asset(n)) for n in list_models()},
     # Runs after the exports so that it can report their measured CPU latency.
@@ -251,9 +275,15 @@ EVALUATION_ASSETS = [build_evaluation_asset(name) for name in list_models()]
     kinds={"pandas", "csv"},
     description="One table of every evaluated model: accuracy with CI, macro-F1, ECE, size, "
     "compute, train time and CPU latency; Markdown, CSV and a trade-off plot.",
+    code_version=LEADERBOARD_CODE_VERSION,
+    freshness_policy=REEVALUATION_FRESHNESS,
+    automation_condition=LEADERBOARD_AUTOMATION,
 )
-def model_comparison(
-    context: dg.AssetExecutionContext, artifact_store: ArtifactStore, **evaluations: Any
+def leaderboard(
+    context: dg.AssetExecutionContext,
+    artifact_store: ArtifactStore,
+    mlflow: dg.ResourceParam[Any],
+    **evaluations: Any,
 ) -> dg.MaterializeResult:
     from food_assets.ml.evaluation import compare_models, save_comparison
 
@@ -265,15 +295,16 @@ def model_comparison(
         else:
             rows.append(_comparison_row(name, report, artifact_store))
     with user_errors():
-        out = artifact_store.asset_dir(layout.COMPARISON_ASSET)
+        out = artifact_store.asset_dir(layout.LEADERBOARD_ASSET)
         result = compare_models(rows)
         files = save_comparison(result, out)
         artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
+    tracking.set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
     metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
     return dg.MaterializeResult(value=result.table, metadata=metadata)
 
 
-#: The test metrics of each evaluation that `model_comparison` tabulates.
+#: The test metrics of each evaluation that `leaderboard` tabulates.
 COMPARED_METRICS = (
     "acc_top1",
     "acc_top1_ci_low",
@@ -308,7 +339,7 @@ def _comparison_metadata(
         "comparison": dg.MetadataValue.md(result.markdown),
         "num_models": num_models,
         "csv": dg.MetadataValue.path(store.location(files["csv"])),
-        "plot": md_image(files["plot"], alt="accuracy trade-off") if files.get("plot") else "n/a",
+        "plot": file_ref(files["plot"], store) if files.get("plot") else "n/a",
     }
     if skipped:
         import pandas as pd

@@ -10,9 +10,11 @@ from pydantic import Field
 
 from food_assets import layout
 from food_assets.assets._common import (
+    MODEL_SHARED_MODULES,
     Skipped,
     check_result,
-    md_image,
+    code_version,
+    file_ref,
     md_table,
     not_evaluated,
     skipped_output,
@@ -28,6 +30,10 @@ if TYPE_CHECKING:  # imported lazily at run time: Grad-CAM pulls in torch and ma
 
 EXPLAIN_GROUP = "explain"
 SANITY_CHECK = "gradcam_sanity"
+#: The Grad-CAM code and what loads a bundle (ADR 0011).
+EXPLAIN_CODE_VERSION = code_version(
+    "explain", modules=["food_assets.ml.explain", *MODEL_SHARED_MODULES]
+)
 
 
 class GradcamConfig(dg.Config):
@@ -69,11 +75,11 @@ def _finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _gradcam_metadata(result: "GradcamResult", cam_layer: str) -> dict[str, Any]:
+def _gradcam_metadata(result: "GradcamResult", cam_layer: str, store: Any = None) -> dict[str, Any]:
     metadata: dict[str, Any] = _finite_metrics(result.metrics)
     metadata["cam_layer"] = cam_layer
     for gallery, path in result.galleries.items():
-        metadata[f"gallery_{gallery}"] = md_image(path, alt=gallery)
+        metadata[f"gallery_{gallery}"] = file_ref(path, store)
     metadata["tiles"] = md_table(
         result.tiles[["gallery", "position", "true_class", "pred_class", "confidence"]],
         max_rows=48,
@@ -90,6 +96,8 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "png"},
         description=f"Grad-CAM galleries of model_{name} (target layer {spec.cam_layer})",
+        pool="gpu",
+        code_version=EXPLAIN_CODE_VERSION,
         check_specs=[
             dg.AssetCheckSpec(
                 SANITY_CHECK,
@@ -130,7 +138,9 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
                 max_images=config.max_images,
                 n_sanity=config.n_sanity,
             )
-        yield dg.Output(result.tiles_path, metadata=_gradcam_metadata(result, spec.cam_layer))
+        yield dg.Output(
+            result.tiles_path, metadata=_gradcam_metadata(result, spec.cam_layer, artifact_store)
+        )
         yield sanity_check_result(result.metrics)
 
     return _gradcam_asset

@@ -17,7 +17,9 @@ from pydantic import Field
 
 from food_assets import layout
 from food_assets.assets._common import (
+    MODEL_SHARED_MODULES,
     Skipped,
+    code_version,
     md_table,
     not_evaluated,
     skipped_output,
@@ -34,6 +36,10 @@ if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch an
 
 EXPORT_GROUP = "export"
 PARITY_CHECK = "onnx_parity"
+#: The exporter, its parity and latency code and what loads a bundle (ADR 0011).
+EXPORT_CODE_VERSION = code_version(
+    "export", modules=["food_assets.ml.export", "food_assets.ml.inference", *MODEL_SHARED_MODULES]
+)
 
 
 class ExportConfig(dg.Config):
@@ -73,6 +79,8 @@ def build_export_asset(name: str) -> list:
             "evaluation": dg.AssetIn(layout.evaluation_asset(name)),
         },
         kinds={"onnx"},
+        pool="gpu",  # PyTorch-side parity runs on the GPU when there is one
+        code_version=EXPORT_CODE_VERSION,
         description=f"model_{name} as ONNX (dynamic batch, class names, preprocessing and "
         "temperature in the metadata), with parity and CPU latency",
     )

@@ -17,7 +17,15 @@ import dagster as dg
 import pandas as pd
 
 from food_assets import layout, tracking
-from food_assets.assets._common import md_image, md_table, plain, skipped_output, user_errors
+from food_assets.assets._common import (
+    TRAINING_RETRY,
+    file_ref,
+    md_table,
+    plain,
+    skipped_output,
+    spec_code_version,
+    user_errors,
+)
 from food_assets.config_classes import config_class
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
@@ -56,8 +64,9 @@ def model_config_class(spec: ModelSpec) -> type:
     )
 
 
-def fit_metadata(result: FitResult, spec: ModelSpec) -> dict[str, Any]:
-    """Dagster metadata of a fit: the card's facts, scalar figures, tables, plots."""
+def fit_metadata(result: FitResult, spec: ModelSpec, store: Any = None) -> dict[str, Any]:
+    """Dagster metadata of a fit: the card's facts, scalar figures, tables, plots (as references
+    to the PNGs under the artifact root, `store.location`)."""
     meta: dict[str, Any] = {
         "family": spec.family,
         "num_classes": len(result.card.class_names),
@@ -75,7 +84,7 @@ def fit_metadata(result: FitResult, spec: ModelSpec) -> dict[str, Any]:
     if not result.history.empty:
         meta["history"] = md_table(result.history, max_rows=100)
     for name, path in result.plots.items():
-        meta[name] = md_image(path, alt=name)
+        meta[name] = file_ref(path, store)
     return meta
 
 
@@ -104,6 +113,9 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         kinds=set(spec.kinds),
         pool="gpu",
         tags={"food_assets/family": spec.family},
+        # The entry, its hooks and their source: a changed model shows as stale (ADR 0011).
+        code_version=spec_code_version(spec),
+        retry_policy=TRAINING_RETRY,  # resumes from last.ckpt; user mistakes are not retried
     )
     def _model_asset(
         context: dg.AssetExecutionContext,
@@ -133,7 +145,7 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         except FitSkipped as skip:
             yield skipped_output(context, spec.name, skip.reason)
             return
-        metadata = {**fit_metadata(result, spec), **run.metadata()}
+        metadata = {**fit_metadata(result, spec, artifact_store), **run.metadata()}
         metadata["asset_seconds"] = round(time.perf_counter() - t0, 1)
         value = trained_model(spec, result, food_splits.source, run.run_id)
         yield dg.Output(value, metadata=metadata)

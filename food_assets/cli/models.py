@@ -36,6 +36,21 @@ def models(ctx: typer.Context) -> None:
     best = catalog.best_model(found.values())
     if best is not None:
         typer.echo(f"Default for `predict` and the demo: {best.name} (catalog.best_model).")
+    champion = _champion(data_dir(ctx))
+    if champion:
+        typer.echo(f"MLflow registry champion: {champion} (`predict --model champion`).")
     typer.echo(
         "Train one with `food-assets train NAME`; predict with `food-assets predict -m NAME`."
     )
+
+
+def _champion(root) -> str | None:
+    """`models:/food_assets.<name>@champion` (version N), or None when the registry has none
+    (or no store exists yet; listing never fails because of MLflow)."""
+    from food_assets import catalog
+
+    try:
+        found = catalog.find_registered_version(catalog.CHAMPION, uri=catalog.registry_uri(root))
+    except Exception:  # no store, no champion, an unreachable server: the table still prints
+        return None
+    return f"{found.uri} (version {found.version})"

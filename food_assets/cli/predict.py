@@ -52,7 +52,13 @@ def predict(
     ],
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="A materialized model by name (see `models`)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A materialized model by name (see `models`), `champion` (the MLflow "
+            "registry's), or a registered version: models:/food_assets.<name>@<alias> or "
+            "models:/food_assets.<name>/<version>.",
+        ),
     ] = None,
     from_path: Annotated[
         Path | None,
@@ -69,7 +75,9 @@ def predict(
     """Top-k food classes with probabilities for image files and folders.
 
     Uses the model's ONNX export when there is one, else its bundle. Without --model or --from,
-    the materialized model with the best test accuracy. Unreadable files are reported one by
+    the materialized model with the best test accuracy. `--model champion` (or a `models:/`
+    URI) loads a registered version's bundle from the MLflow registry (FOOD_ASSETS_MLFLOW_URI,
+    else `<data dir>/mlflow/mlflow.db`). Unreadable files are reported one by
     one (stderr, or the `error` field in JSON/CSV) and never stop the run.
     """
     if model and from_path:
@@ -111,8 +119,13 @@ def _load_predictor(choice: Path | MaterializedModel) -> Predictor:
         from food_assets import catalog
 
         predictor = catalog.load_predictor(choice)
-        assert choice.best_path is not None and choice.storage is not None
-        where = choice.storage.location(choice.best_path)
+        assert choice.best_path is not None
+        if choice.registry is not None:
+            found = choice.registry
+            where = f"{found.uri}: version {found.version}, run {found.run_id}"
+        else:
+            assert choice.storage is not None
+            where = choice.storage.location(choice.best_path)
         if choice.onnx_path is None:
             err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
     err.print(f"model: {predictor.model_name} ({where})", soft_wrap=True, markup=False)
@@ -142,8 +155,9 @@ def _write_results(results: Iterator[PredictionResult], fmt: OutputFormat) -> tu
 def _resolve_model(
     ctx: typer.Context, model: str | None, from_path: Path | None
 ) -> Path | MaterializedModel:
-    """What to load: --from as given (a path), --model from the catalog, else the catalog's
-    best model (`catalog.best_model`, the rule the demo uses too)."""
+    """What to load: --from as given (a path), --model from the MLflow registry (`champion`,
+    `models:/...`) or the catalog, else the catalog's best model (`catalog.best_model`, the
+    rule the demo uses too)."""
     from food_assets import catalog
 
     if from_path is not None:
@@ -152,6 +166,8 @@ def _resolve_model(
                 f"{from_path} does not exist: pass an .onnx file or a model bundle folder"
             )
         return from_path
+    if catalog.is_registry_reference(model):
+        return catalog.registry_model(model, data_dir(ctx))
     storage = catalog.open_storage(data_dir(ctx))
     found = catalog.list_materialized(storage)
     if model is not None:

@@ -172,8 +172,10 @@ class DemoService:
     Args:
         data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
         max_upload_mb: larger uploads are refused with a message.
-        default_model: a materialized model name, or a path to a bundle folder / `.onnx` file;
-            None: `catalog.best_model` (the best test accuracy; ties to the first name).
+        default_model: a materialized model name, `champion` or a `models:/` URI (a version
+            in the MLflow registry, `catalog.registry_model`), or a path to a bundle folder /
+            `.onnx` file; None: `catalog.best_model` (the best test accuracy; ties to the first
+            name).
     """
 
     def __init__(
@@ -204,6 +206,10 @@ class DemoService:
             return self.best_model()
         if model in names:
             return model
+        if catalog.is_registry_reference(model):  # `champion`, models:/food_assets.<name>@...
+            entry = catalog.registry_model(model, self.root)
+            self._extra[entry.name] = entry
+            return entry.name
         path = Path(model).expanduser()
         if path.exists():
             entry = _entry_for_path(path.resolve())
@@ -266,6 +272,8 @@ class DemoService:
         kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
         label = loaded.name if loaded else name
         where = entry.storage.location(source) if entry.storage and source else source
+        if entry.registry is not None:
+            where = f"{entry.registry.uri} (version {entry.registry.version})"
         lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{where}`"]
         if kind == "PyTorch bundle" and entry.temperature is not None:
             lines.append(f"**Calibration:** {entry.temperature_note()}")

@@ -1,7 +1,7 @@
 """Evaluation: predictions, pure metrics, temperature scaling, figures, reports, comparison.
 
 No Dagster here. The `evaluation_<name>` assets call `evaluate_bundle` (`predict_logits` on val
-and test, then `evaluate_model`); `model_comparison` calls `compare_models` then
+and test, then `evaluate_model`); `leaderboard` calls `compare_models` then
 `save_comparison`.
 """
 

@@ -1,0 +1,149 @@
+"""Dagster run storage per run: plots referenced from metadata against plots embedded as base64.
+
+Materializes the data assets and every per-model asset of `--models` (model, evaluation,
+Grad-CAM, ONNX, with their checks) in process on a tiny sample, twice, each into its own persistent
+SQLite Dagster instance (a fresh temporary DAGSTER_HOME) and its own data folder:
+
+- `inline` (the baseline, the project before ADR 0011): every plot's PNG embedded in the
+  asset's metadata as a base64 Markdown image (the old `md_image`);
+- `reference` (the project): every plot is a `MetadataValue.path` / `url` to the PNG under the
+  artifact root (`food_assets.assets._common.file_ref`).
+
+Prints, for each, the sum of `length(event)` over the `event_logs` table of every SQLite file
+of the instance (the serialized events: metadata included), the bytes of the metadata values
+of the materializations, and the total size of the instance's .db files, then the ratios.
+
+    .venv/bin/python benchmarks/event_log_size.py                          # custom_cnn + lite0
+    .venv/bin/python benchmarks/event_log_size.py --models custom_cnn --classes 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _inline_png(path, store=None):
+    """The old `md_image`: the PNG's bytes as a data URI in Markdown."""
+    import dagster as dg
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return dg.MetadataValue.md(f"![figure](data:image/png;base64,{data})")
+
+
+def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path) -> dict:
+    import dagster as dg
+
+    from food_assets.assets import evaluation, explain
+    from food_assets.assets import models as model_assets
+    from food_assets.definitions import build_definitions
+    from food_assets.resources import QualityGates, default_resources
+
+    modules = (model_assets, evaluation, explain)
+    saved = {m: m.file_ref for m in modules}
+    if mode == "inline":
+        for m in modules:
+            m.file_ref = _inline_png
+    try:
+        home = work / mode / "dagster_home"
+        home.mkdir(parents=True)
+        resources = default_resources(str(work / mode / "data"))
+        resources["quality"] = QualityGates(accuracy={"sample/*": 0.0})
+        defs = build_definitions(resources)
+        # The data assets and every per-model asset of `models` (with their checks); the
+        # leaderboard takes every registry model as an input, so it is left out.
+        selection = ["food_images_raw", "food_splits"] + [
+            f"{kind}_{name}"
+            for name in models
+            for kind in ("model", "evaluation", "gradcam", "onnx")
+        ]
+        ops: dict = {
+            "food_images_raw": {
+                "config": {
+                    "sample_num_classes": classes,
+                    "sample_images_per_class": per_class,
+                    "sample_image_size": 64,
+                }
+            }
+        }
+        for name in models:
+            ops[f"model_{name}"] = {"config": {"epochs": 2, "image_size": 48, "batch_size": 16}}
+            ops[f"evaluation_{name}"] = {"config": {"n_bootstrap": 200}}
+        t0 = time.perf_counter()
+        with dg.DagsterInstance.local_temp(str(home)) as instance:
+            result = dg.materialize(
+                [*defs.assets, *defs.asset_checks],
+                selection=selection,
+                resources=resources,
+                run_config={"ops": ops},
+                instance=instance,
+                raise_on_error=False,
+            )
+            meta_bytes = sum(
+                len(str(getattr(v, "value", v)))
+                for e in result.get_asset_materialization_events()
+                for v in e.materialization.metadata.values()
+            )
+        seconds = time.perf_counter() - t0
+    finally:
+        for m, f in saved.items():
+            m.file_ref = f
+    event_bytes, db_bytes = 0, 0
+    for db in home.rglob("*.db"):
+        db_bytes += db.stat().st_size
+        with sqlite3.connect(db) as conn:
+            tables = {r[0] for r in conn.execute("select name from sqlite_master")}
+            if "event_logs" in tables:
+                event_bytes += conn.execute(
+                    "select coalesce(sum(length(event)), 0) from event_logs"
+                ).fetchone()[0]
+    return {
+        "success": result.success,
+        "materializations": len(result.get_asset_materialization_events()),
+        "event_bytes": event_bytes,
+        "metadata_bytes": meta_bytes,
+        "db_bytes": db_bytes,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="custom_cnn,efficientnet_lite0")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=24)
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="event_log_size_") as tmp:
+        for mode in ("inline", "reference"):
+            rows[mode] = _run(mode, models, args.classes, args.per_class, Path(tmp))
+    print(f"models: {', '.join(models)}; sample {args.classes} classes x {args.per_class} images")
+    print(
+        f"{'plots':<10} {'ok':<5} {'mats':>5} {'event_logs bytes':>17} {'metadata bytes':>15} "
+        f"{'sqlite files':>13} {'seconds':>8}"
+    )
+    for mode, r in rows.items():
+        print(
+            f"{mode:<10} {str(r['success']):<5} {r['materializations']:>5} "
+            f"{r['event_bytes']:>17,} {r['metadata_bytes']:>15,} {r['db_bytes']:>13,} "
+            f"{r['seconds']:>8.1f}"
+        )
+    a, b = rows["inline"], rows["reference"]
+    print(
+        f"reference / inline: event_logs {b['event_bytes'] / a['event_bytes']:.3f}, "
+        f"metadata {b['metadata_bytes'] / max(a['metadata_bytes'], 1):.3f}, "
+        f"sqlite files {b['db_bytes'] / a['db_bytes']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
