@@ -164,3 +164,165 @@ def test_parity_fails_on_other_weights_and_on_another_shape(tmp_path, model_file
         check_parity(model_file, MeanLinear(W[:, :2]), images)
     with pytest.raises(ValueError, match="at least one image"):
         check_parity(model_file, MeanLinear(W), images[:0])
+
+
+class CountingSession:
+    """A real ORT session that logs the size of every batch it is fed."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def get_inputs(self):
+        return self.inner.get_inputs()
+
+    def run(self, outputs, feeds):
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.inner.run(outputs, feeds)
+
+
+def _counting_sessions(monkeypatch) -> list[CountingSession]:
+    made: list[CountingSession] = []
+
+    def make(path):
+        made.append(CountingSession(create_session(path)))
+        return made[-1]
+
+    monkeypatch.setattr(E, "create_session", make)
+    return made
+
+
+def _record_forwards(model: torch.nn.Module) -> list[tuple[int, bool, bool]]:
+    """(batch size, model.training, grad enabled) of every eager forward."""
+    seen: list[tuple[int, bool, bool]] = []
+    model.register_forward_pre_hook(
+        lambda m, args: seen.append((len(args[0]), m.training, torch.is_grad_enabled()))
+    )
+    return seen
+
+
+def test_parity_report_fields_match_a_hand_computation(model_file) -> None:
+    other = W.copy()
+    other[1, 2] = 0.75  # class 2 gains 0.75 x mean of channel 1
+    images = torch.from_numpy(np.random.default_rng(2).normal(size=(6, 3, 8, 8)).astype(np.float32))
+    pooled = images.numpy().astype(np.float64).mean(axis=(2, 3))
+    ort_logits, eager_logits = pooled @ W, pooled @ other
+    diff = np.abs(ort_logits - eager_logits)
+    report = check_parity(model_file, MeanLinear(other), images, atol=0.5, batch_size=4)
+    assert report.n_images == 6 and report.atol == 0.5
+    assert report.max_abs_diff == pytest.approx(diff.max(), rel=1e-5)
+    assert report.mean_abs_diff == pytest.approx(diff.mean(), rel=1e-5)
+    agree = (ort_logits.argmax(1) == eager_logits.argmax(1)).mean()
+    assert 0 < agree < 1  # the seed makes some top-1s differ
+    assert report.top1_agreement == pytest.approx(agree)
+    assert not report.passed
+
+
+def test_parity_passes_when_the_difference_equals_atol(model_file) -> None:
+    other = W.copy()
+    other[0, 0] = 1.25  # exact in float32: class 0 moves from 1.5 to 1.75 on all-ones images
+    images = torch.ones(3, 3, 8, 8)
+    report = check_parity(model_file, MeanLinear(other), images, atol=0.25)
+    assert report.max_abs_diff == 0.25
+    assert report.mean_abs_diff == pytest.approx(0.25 / 3)
+    assert report.top1_agreement == 1.0  # class 1 (logit 2) wins in both
+    assert report.passed  # max_abs_diff <= atol, boundary included
+    assert not check_parity(model_file, MeanLinear(other), images, atol=0.2499).passed
+
+
+def test_parity_batches_both_sides_by_batch_size(model_file, monkeypatch) -> None:
+    sessions = _counting_sessions(monkeypatch)
+    model = MeanLinear(W)
+    seen = _record_forwards(model)
+    images = torch.randn(5, 3, 8, 8)
+    assert check_parity(model_file, model, images, batch_size=2).passed
+    assert [n for n, _, _ in seen] == [2, 2, 1]
+    assert sessions[-1].batches == [2, 2, 1]
+
+
+def test_parity_default_batch_is_32(model_file, monkeypatch) -> None:
+    sessions = _counting_sessions(monkeypatch)
+    model = MeanLinear(W)
+    seen = _record_forwards(model)
+    report = check_parity(model_file, model, torch.randn(33, 3, 8, 8))
+    assert report.passed and report.n_images == 33
+    assert [n for n, _, _ in seen] == [32, 1]
+    assert sessions[-1].batches == [32, 1]
+
+
+def test_parity_runs_the_model_in_eval_mode_without_grad(model_file) -> None:
+    model = torch.nn.Sequential(MeanLinear(W), torch.nn.Dropout(p=0.9)).train()
+    seen = _record_forwards(model)
+    outputs: list[torch.Tensor] = []
+    model.register_forward_hook(lambda m, args, out: outputs.append(out))
+    report = check_parity(model_file, model, torch.randn(4, 3, 8, 8), batch_size=3)
+    assert report.passed  # dropout in train mode would zero or scale the logits
+    assert seen == [(3, False, False), (1, False, False)]
+    assert not any(out.requires_grad for out in outputs)
+    assert model.training and model[1].training  # train mode restored, children included
+    assert model[0].linear.weight.grad is None
+    model.eval()
+    check_parity(model_file, model, torch.randn(1, 3, 8, 8))
+    assert not model.training  # eval mode stays eval
+
+
+class NoParams(torch.nn.Module):
+    """MeanLinear with the weights as a buffer: a model without parameters."""
+
+    def __init__(self, weights: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.tensor(weights))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) @ self.w
+
+
+def test_parity_of_a_model_without_parameters(model_file) -> None:
+    assert not list(NoParams(W).parameters())
+    report = check_parity(model_file, NoParams(W), torch.randn(3, 3, 8, 8))
+    assert report.passed and report.n_images == 3
+
+
+class OnMeta(torch.nn.Module):
+    """A model whose parameters live on another device ("meta"): logs the device of its
+    inputs and answers zeros on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3, bias=False, device="meta")
+        self.devices: list[torch.device] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.devices.append(x.device)
+        return torch.zeros(len(x), 3)
+
+
+def test_parity_moves_each_batch_to_the_model_device(model_file) -> None:
+    model = OnMeta()
+    images = torch.from_numpy(np.random.default_rng(3).normal(size=(3, 3, 8, 8)).astype(np.float32))
+    report = check_parity(model_file, model, images, batch_size=2)
+    assert model.devices == [torch.device("meta")] * 2
+    ort_logits = images.numpy().astype(np.float64).mean(axis=(2, 3)) @ W
+    assert report.max_abs_diff == pytest.approx(np.abs(ort_logits).max(), rel=1e-5)
+    assert report.mean_abs_diff == pytest.approx(np.abs(ort_logits).mean(), rel=1e-5)
+    assert report.top1_agreement == pytest.approx((ort_logits.argmax(1) == 0).mean())
+
+
+def test_parity_with_nan_logits_reports_an_infinite_difference(model_file) -> None:
+    other = W.copy()
+    other[0, 2] = np.nan  # every eager logit of class 2 is NaN
+    report = check_parity(model_file, MeanLinear(other), torch.ones(2, 3, 8, 8), atol=1e9)
+    assert report.max_abs_diff == float("inf")
+    assert not report.passed
+    assert np.isnan(report.mean_abs_diff)
+
+
+def test_parity_error_messages(model_file) -> None:
+    images = torch.ones(2, 3, 8, 8)
+    with pytest.raises(
+        CheckpointError,
+        match=r"^.*m\.onnx returns shape \(2, 3\), the model \(2, 2\): not the same model$",
+    ):
+        check_parity(model_file, MeanLinear(W[:, :2]), images)
+    with pytest.raises(ValueError, match=r"^check_parity needs at least one image$"):
+        check_parity(model_file, MeanLinear(W), images[:0])
