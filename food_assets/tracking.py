@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from food_assets import catalog, layout
+from food_assets import layout, model_registry
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
 
@@ -97,7 +97,9 @@ class ModelRun:
             mlflow.set_tag("weights_fallback", "scratch")
         mlflow.log_dict(label_map(result.card.class_names), "label_map.json")
         mlflow.log_dict(params, "resolved_config.json")
-        mlflow.log_artifacts(str(result.bundle_dir), artifact_path=catalog.BUNDLE_ARTIFACT_PATH)
+        mlflow.log_artifacts(
+            str(result.bundle_dir), artifact_path=model_registry.BUNDLE_ARTIFACT_PATH
+        )
         best = result.metadata.get("best_checkpoint")
         if best and Path(best).is_file():
             mlflow.log_artifact(str(best), artifact_path="checkpoints")
@@ -199,12 +201,12 @@ def register_version(model_info: Any, result: FitResult, run: Any) -> Any:
         "label_map": json.dumps(label_map(card.class_names)),
         "preprocess": json.dumps(card.preprocess.to_dict()),
         "temperature": repr(float(card.temperature)),
-        "temperature_source": catalog.TEMPERATURE_AS_TRAINED,
-        "bundle_artifact_path": catalog.BUNDLE_ARTIFACT_PATH,
+        "temperature_source": model_registry.TEMPERATURE_AS_TRAINED,
+        "bundle_artifact_path": model_registry.BUNDLE_ARTIFACT_PATH,
         **{k: v for k, v in run.data.tags.items() if k in ("dagster_run_id", "asset", "source")},
     }
     return mlflow.register_model(
-        model_info.model_uri, catalog.registered_model_name(card.name), tags=tags
+        model_info.model_uri, model_registry.registered_model_name(card.name), tags=tags
     )
 
 
@@ -293,21 +295,21 @@ def set_champion(
     for c, report in zip(candidates, (evaluations[k] for k in sorted(evaluations)), strict=True):
         if c.version is None:
             continue
-        name = catalog.registered_model_name(c.model)
+        name = model_registry.registered_model_name(c.model)
         tags = {
             "test_acc_top1": f"{c.acc:.6f}",
             "accuracy_floor": "n/a" if c.floor is None else f"{c.floor:.6f}",
             "accuracy_check": "passed" if c.check_passed else "failed",
             "temperature": repr(float(report.temperature)),
-            "temperature_source": catalog.TEMPERATURE_FROM_EVALUATION,
+            "temperature_source": model_registry.TEMPERATURE_FROM_EVALUATION,
         }
         for k, v in tags.items():
             client.set_model_version_tag(name, str(c.version), k, v)
     champion = choose_champion(candidates)
-    keep = catalog.registered_model_name(champion.model) if champion else None
-    for registered in catalog.search_registered_models(client):
-        if catalog.CHAMPION in registered.aliases and registered.name != keep:
-            client.delete_registered_model_alias(registered.name, catalog.CHAMPION)
+    keep = model_registry.registered_model_name(champion.model) if champion else None
+    for registered in model_registry.search_registered_models(client):
+        if model_registry.CHAMPION in registered.aliases and registered.name != keep:
+            client.delete_registered_model_alias(registered.name, model_registry.CHAMPION)
     base = ui_url(uri, getattr(mlflow_resource, "ui_url", None))
     if champion is None:
         context.log.warning(
@@ -317,14 +319,14 @@ def set_champion(
         )
         context.add_output_metadata({"champion": "none"})
         return None
-    client.set_registered_model_alias(keep, catalog.CHAMPION, str(champion.version))
+    client.set_registered_model_alias(keep, model_registry.CHAMPION, str(champion.version))
     import dagster as dg
 
     context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
     context.add_output_metadata(
         {
             "champion": champion.model,
-            "champion_uri": f"models:/{keep}@{catalog.CHAMPION}",
+            "champion_uri": f"models:/{keep}@{model_registry.CHAMPION}",
             "champion_version": dg.MetadataValue.url(
                 model_version_link(base, keep, champion.version)
             ),

@@ -16,7 +16,7 @@ import dagster as dg
 import mlflow
 import pytest
 
-from food_assets import catalog, tracking
+from food_assets import model_registry, tracking
 from food_assets.ml.errors import UnknownModelError
 from food_assets_tests.conftest import tiny_run_config
 
@@ -97,9 +97,15 @@ def test_a_run_left_active_against_a_vanished_store_is_ended(tmp_path):
 
 
 def test_no_private_mlflow_api_in_the_tracking_code():
-    """resources.py, tracking.py and catalog.py use MLflow's public API only. Breakage tried:
-    the old `fluent._active_run_stack` fallback in `_end_stale_runs` (fails)."""
-    for rel in ("food_assets/resources.py", "food_assets/tracking.py", "food_assets/catalog.py"):
+    """resources.py, tracking.py, catalog.py and model_registry.py use MLflow's public API
+    only. Breakage tried: the old `fluent._active_run_stack` fallback in `_end_stale_runs`
+    (fails)."""
+    for rel in (
+        "food_assets/resources.py",
+        "food_assets/tracking.py",
+        "food_assets/catalog.py",
+        "food_assets/model_registry.py",
+    ):
         tree = ast.parse((REPO / rel).read_text())
         private = {
             n.attr
@@ -119,7 +125,7 @@ def test_champion_without_a_store_says_what_to_do(tmp_path, monkeypatch):
     creates the database and the error becomes "no model holds ... champion")."""
     monkeypatch.delenv("FOOD_ASSETS_MLFLOW_URI", raising=False)
     with pytest.raises(UnknownModelError, match="no MLflow store"):
-        catalog.registry_model("champion", tmp_path)
+        model_registry.registry_model("champion", tmp_path)
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
@@ -216,7 +222,7 @@ def test_each_trained_model_registers_a_version_with_its_tags(registry_runs):
     report = result.output_for_node(f"evaluation_{PASSING}")
     mv = client.get_model_version(f"food_assets.{PASSING}", "1")
     assert float(mv.tags["temperature"]) == pytest.approx(report.temperature)
-    assert mv.tags["temperature_source"] == catalog.TEMPERATURE_FROM_EVALUATION
+    assert mv.tags["temperature_source"] == model_registry.TEMPERATURE_FROM_EVALUATION
 
 
 @pytest.mark.slow
@@ -292,7 +298,7 @@ def test_predict_champion_matches_the_bundle(registry_runs, ref, monkeypatch):
 
     assert top1(got.stdout) == top1(want.stdout)
     assert "version 1" in got.stderr and f"food_assets.{PASSING}" in got.stderr
-    cached = data_dir / "cache" / catalog.REGISTRY_CACHE / f"food_assets.{PASSING}" / "1"
+    cached = data_dir / "cache" / model_registry.REGISTRY_CACHE / f"food_assets.{PASSING}" / "1"
     assert (cached / "bundle" / "card.json").is_file()
 
 

@@ -47,10 +47,12 @@ def models(ctx: typer.Context) -> None:
 def _champion(root) -> str | None:
     """`models:/food_assets.<name>@champion` (version N), or None when the registry has none
     (or no store exists yet; listing never fails because of MLflow)."""
-    from food_assets import catalog
+    from food_assets import model_registry
 
     try:
-        found = catalog.find_registered_version(catalog.CHAMPION, uri=catalog.registry_uri(root))
+        found = model_registry.find_registered_version(
+            model_registry.CHAMPION, uri=model_registry.registry_uri(root)
+        )
     except Exception:  # no store, no champion, an unreachable server: the table still prints
         return None
     return f"{found.uri} (version {found.version})"

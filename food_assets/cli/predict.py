@@ -158,7 +158,7 @@ def _resolve_model(
     """What to load: --from as given (a path), --model from the MLflow registry (`champion`,
     `models:/...`) or the catalog, else the catalog's best model (`catalog.best_model`, the
     rule the demo uses too)."""
-    from food_assets import catalog
+    from food_assets import catalog, model_registry
 
     if from_path is not None:
         if not from_path.exists():
@@ -166,8 +166,8 @@ def _resolve_model(
                 f"{from_path} does not exist: pass an .onnx file or a model bundle folder"
             )
         return from_path
-    if catalog.is_registry_reference(model):
-        return catalog.registry_model(model, data_dir(ctx))
+    if model_registry.is_registry_reference(model):
+        return model_registry.registry_model(model, data_dir(ctx))
     storage = catalog.open_storage(data_dir(ctx))
     found = catalog.list_materialized(storage)
     if model is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from food_assets import catalog, layout
+from food_assets import catalog, layout, model_registry
 from food_assets.catalog import MaterializedModel
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class DemoService:
         data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
         max_upload_mb: larger uploads are refused with a message.
         default_model: a materialized model name, `champion` or a `models:/` URI (a version
-            in the MLflow registry, `catalog.registry_model`), or a path to a bundle folder /
+            in the MLflow registry, `model_registry.registry_model`), or a path to a bundle folder /
             `.onnx` file; None: `catalog.best_model` (the best test accuracy; ties to the first
             name).
     """
@@ -206,8 +206,9 @@ class DemoService:
             return self.best_model()
         if model in names:
             return model
-        if catalog.is_registry_reference(model):  # `champion`, models:/food_assets.<name>@...
-            entry = catalog.registry_model(model, self.root)
+        # `champion`, models:/food_assets.<name>@...
+        if model_registry.is_registry_reference(model):
+            entry = model_registry.registry_model(model, self.root)
             self._extra[entry.name] = entry
             return entry.name
         path = Path(model).expanduser()
