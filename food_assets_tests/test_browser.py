@@ -4,10 +4,12 @@ Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/
 without them these tests skip, except under CI (`CI=true`), where they must run and so fail.
 Selenium is pointed at the chromedriver binary explicitly, so selenium-manager never downloads.
 
-Both tests share one tiny materialization (`food_images_raw`, `food_splits`, `model_custom_cnn`,
-`evaluation_custom_cnn`, `onnx_custom_cnn` and their checks) into a persistent SQLite instance in
-a temporary DAGSTER_HOME: the session's `graph_run` uses an ephemeral in-memory instance, which a
-separate `dagster-webserver` process cannot read.
+All tests share one tiny materialization (`food_images_raw`, `food_splits`, `model_custom_cnn`,
+`evaluation_custom_cnn`, `onnx_custom_cnn`, every other model and evaluation declining at once,
+and `leaderboard`, with their checks) into a persistent SQLite instance in a temporary
+DAGSTER_HOME: the session's `graph_run` uses an ephemeral in-memory instance, which a separate
+`dagster dev` process cannot read. The Dagster tests share one `dagster dev` (the webserver and
+the daemon, whose freshness daemon evaluates the freshness policies) over that instance.
 
 Screenshots go to each test's tmp_path; with FOOD_ASSETS_SAVE_SCREENSHOTS=1 they are also copied
 to docs/screenshots/.
@@ -32,14 +34,14 @@ from typing import Any
 import pytest
 
 from food_assets_tests.images import noisy_jpeg
+from food_assets_tests.leaderboard_run import leaderboard_run_config, leaderboard_selection
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 MODEL = "custom_cnn"
-SUBSET = ["food_images_raw", "food_splits"] + [
-    f"{a}_{MODEL}" for a in ("model", "evaluation", "onnx")
-]
+#: Up to the leaderboard (it sets the champion): only MODEL trains, the others decline at once.
+SUBSET = leaderboard_selection(MODEL, f"onnx_{MODEL}")
 CHROME_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -126,18 +128,19 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from food_assets.definitions import build_definitions
     from food_assets.resources import QualityGates, default_resources
-    from food_assets_tests.conftest import tiny_run_config
 
     root = tmp_path_factory.mktemp("dagster")
     home, data_dir = root / "home", root / "data"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # As the repository's dagster.yaml: freshness evaluated (by `dagster dev`'s daemon).
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nfreshness:\n  enabled: true\n"
+    )
     resources = default_resources(str(data_dir))
     # Two epochs at 48 px leave the model near chance: gate nothing (as graph_run does).
     resources["quality"] = QualityGates(accuracy={"sample/*": 0.0})
     defs = build_definitions(resources)
-    run_config = tiny_run_config()
-    run_config["ops"] = {k: v for k, v in run_config["ops"].items() if k in SUBSET}
+    run_config = leaderboard_run_config(MODEL, SUBSET)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = dg.materialize(
             [*defs.assets, *(defs.asset_checks or [])],
@@ -299,29 +302,35 @@ def _graphql(base: str, query: str, timeout: float = 30) -> dict:
 LOCATION_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
 
 
-@pytest.fixture
-def dagster_ui(materialized: dict[str, Path], tmp_path: Path) -> Iterator[str]:
-    """`dagster-webserver` over the materialized instance, stopped (group-killed) at the end."""
+@pytest.fixture(scope="module")
+def dagster_ui(
+    materialized: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`dagster dev` (webserver and daemon, one code server) over the materialized instance,
+    stopped (group-killed) at the end. The freshness daemon runs every 2 s instead of 30 s."""
     port = _free_port()
-    exe = Path(sys.executable).with_name("dagster-webserver")
+    exe = Path(sys.executable).with_name("dagster")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(materialized["home"]),
         "FOOD_ASSETS_DATA_DIR": str(materialized["data_dir"]),
+        "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2",
     }
-    log = (tmp_path / "webserver.log").open("wb")
-    cmd = [str(exe), "-m", "food_assets.definitions", "-h", "127.0.0.1", "-p", str(port)]
-    # Its own session: the code server it spawns is stopped with it, and only those.
+    cwd = tmp_path_factory.mktemp("dagster_dev")
+    log_path = cwd / "dagster_dev.log"
+    log = log_path.open("wb")
+    cmd = [str(exe), "dev", "-m", "food_assets.definitions", "-h", "127.0.0.1", "-p", str(port)]
+    # Its own session: the webserver, daemon and code server it spawns stop with it, and only those.
     proc = subprocess.Popen(
-        cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # the code server imports torch and Dagster: ~15 s
         while True:
             if proc.poll() is not None:
-                tail = (tmp_path / "webserver.log").read_text()[-2000:]
-                pytest.fail(f"dagster-webserver exited ({proc.returncode}):\n{tail}")
+                tail = log_path.read_text()[-2000:]
+                pytest.fail(f"dagster dev exited ({proc.returncode}):\n{tail}")
             try:
                 entries = _graphql(base, LOCATION_QUERY, timeout=5)["workspaceOrError"]
                 if [e["loadStatus"] for e in entries["locationEntries"]] == ["LOADED"]:
@@ -329,7 +338,7 @@ def dagster_ui(materialized: dict[str, Path], tmp_path: Path) -> Iterator[str]:
             except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("dagster-webserver did not load the code location in 180 s")
+                pytest.fail("dagster dev did not load the code location in 180 s")
             time.sleep(1)
         yield base
     finally:
@@ -403,6 +412,8 @@ def test_dagster_ui_in_chromium(browser, dagster_ui: str, tmp_path: Path) -> Non
     _wait_text(browser, ["Metadata", "acc_top1", "acc_top5", "macro_f1", "temperature"])
     _wait_text(browser, ["Latest materialization", "Latest check results"])
     _wait(browser, _loaded, "the asset page to finish loading")
+    metric = browser.find_element("xpath", "//tr[td[1][normalize-space()='acc_top1']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", metric)
     _screenshot(browser, tmp_path, "dagster_evaluation_asset")
 
     browser.get(f"{dagster_ui}/assets/food_splits?view=checks")
@@ -416,3 +427,57 @@ def test_dagster_ui_in_chromium(browser, dagster_ui: str, tmp_path: Path) -> Non
     browser.get(f"{dagster_ui}/automation")
     _wait_text(browser, ["nightly_reevaluation"])
     _screenshot(browser, tmp_path, "dagster_schedules")
+
+
+FRESHNESS_QUERY = """{ assetNodeOrError(assetKey: {path: ["%s"]}) { ... on AssetNode {
+  freshnessStatusInfo { freshnessStatus } } } }"""
+
+
+def _freshness(base: str, asset: str) -> str | None:
+    node = _graphql(base, FRESHNESS_QUERY % asset)["assetNodeOrError"]
+    return (node.get("freshnessStatusInfo") or {}).get("freshnessStatus")
+
+
+def _metadata_value(driver: Any, key: str) -> str:
+    """The value cell of the asset page's metadata row `key` ('' while it is not shown)."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.XPATH, f"//tr[td[1][normalize-space()='{key}']]")
+    return rows[0].find_elements(By.TAG_NAME, "td")[-1].text.strip() if rows else ""
+
+
+def test_dagster_ui_shows_the_champion_and_freshness(
+    browser, dagster_ui: str, materialized, tmp_path: Path
+) -> None:
+    """The `leaderboard` page shows which model is the MLflow champion (its metadata rows
+    `champion` and `champion_uri`) and the state of its freshness policy as the daemon that
+    `dagster dev` runs evaluated it ("Passing": materialized minutes ago, 26 h warn window).
+
+    Breakage tried: the test's instance with `freshness: enabled: false` (the daemon never
+    evaluates the policy: the status stays UNKNOWN, fails); `tracking.set_champion` replaced by a
+    no-op (no `champion` rows on the page: fails)."""
+    from selenium.webdriver.common.by import By
+
+    from food_assets.layout import LEADERBOARD_ASSET
+
+    # The freshness daemon's verdict, through GraphQL first: it runs every 2 s here.
+    deadline = time.monotonic() + 120
+    while (state := _freshness(dagster_ui, LEADERBOARD_ASSET)) != "HEALTHY":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the leaderboard's freshness is {state!r}, not HEALTHY, after 120 s")
+        time.sleep(1)
+
+    browser.get(f"{dagster_ui}/overview")
+    browser.execute_script("window.localStorage.setItem('communityNux', JSON.stringify('1'));")
+    browser.get(f"{dagster_ui}/assets/{LEADERBOARD_ASSET}")
+    _wait_text(browser, ["Metadata", "champion_uri", "Freshness policy"])
+    _wait(browser, _loaded, "the asset page to finish loading")
+    _wait(browser, lambda d: _metadata_value(d, "champion") == MODEL, "the champion row")
+    uri = f"models:/food_assets.{MODEL}@champion"
+    assert _metadata_value(browser, "champion_uri") == uri
+    assert "Passing" in _wait_text(browser, ["Passing"])
+    section = browser.find_element(By.XPATH, "//*[normalize-space()='Freshness policy']/..")
+    assert "Passing" in section.text, section.text
+    champion_row = browser.find_element(By.XPATH, "//tr[td[1][normalize-space()='champion']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", champion_row)
+    _screenshot(browser, tmp_path, "dagster_leaderboard_champion")

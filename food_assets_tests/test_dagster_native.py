@@ -252,3 +252,87 @@ def test_table_metadata_and_file_references() -> None:
     assert isinstance(remote, dg.UrlMetadataValue)
     assert remote.url == "s3://bucket/artifacts/confusion.png"
     assert len(str(local.value)) < 200
+
+
+# --- a retried training resumes -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_retried_training_resumes_from_last_ckpt(
+    resources, data_dir, mlflow_isolated, monkeypatch
+) -> None:
+    """A real `model_custom_cnn` materialization (48 px, 2 epochs) whose first attempt dies as
+    its second epoch starts (a Lightning callback raising, the way a lost node or an OOM ends a
+    fit): the asset's `RetryPolicy` retries the step in the same run, and attempt 2 resumes from
+    the `last.ckpt` attempt 1 wrote: epoch 0 is not run again.
+
+    The policy is the asset's own (`TRAINING_RETRY`: its retries and backoff) with the delay set
+    to 0, so that the test does not sit out the 30 s wait. Breakage tried: the asset built with
+    no retry policy, as if `retry_policy=` were dropped (the run fails on the injected error);
+    `plan_resume` answering "start fresh" (attempt 2 reruns epoch 0: `resumed` is false)."""
+    import lightning.pytorch as pl
+    import mlflow
+    import pandas as pd
+
+    import food_assets.ml.training.fit as training_fit
+    from food_assets.assets import models as model_assets
+    from food_assets.assets.data import food_images_raw, food_splits
+    from food_assets.ml.training.checkpoints import history_rows, load_checkpoint_file
+    from food_assets_tests.conftest import tiny_run_config
+
+    asset = layout.model_asset("custom_cnn")
+    run_dir = data_dir / "artifacts" / asset
+    last = run_dir / "checkpoints" / "last.ckpt"
+    seen: dict[str, list] = {}
+
+    class LostOnceInEpochOne(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1 and "rows" not in seen:
+                seen["rows"] = history_rows(load_checkpoint_file(last))
+                raise RuntimeError("injected: the node training epoch 1 was lost")
+
+    real_train_model = training_fit.train_model
+
+    def train_model(*args, callbacks=(), **kwargs):
+        return real_train_model(*args, callbacks=[*callbacks, LostOnceInEpochOne()], **kwargs)
+
+    monkeypatch.setattr(training_fit, "train_model", train_model)  # fit_lightning's call
+    policy = _common.TRAINING_RETRY
+    no_wait = dg.RetryPolicy(max_retries=policy.max_retries, delay=0, backoff=policy.backoff)
+    monkeypatch.setattr(model_assets, "TRAINING_RETRY", no_wait)
+    ops = tiny_run_config(custom_cnn={"epochs": 2, "warmup_epochs": 0.5})["ops"]
+    result = dg.materialize(
+        [food_images_raw, food_splits, model_assets.build_model_asset("custom_cnn")],
+        resources=resources,
+        run_config={"ops": {k: v for k, v in ops.items() if k in ("food_images_raw", asset)}},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    # Dagster's record of it: one retry of the training step, in this one run.
+    steps = [e for e in result.all_events if e.step_key == asset]
+    kinds = [e.event_type for e in steps]
+    assert kinds.count(dg.DagsterEventType.STEP_UP_FOR_RETRY) == 1
+    assert kinds.count(dg.DagsterEventType.STEP_RESTARTED) == 1
+    assert kinds[-1] == dg.DagsterEventType.STEP_SUCCESS
+    retry = next(e for e in steps if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert "injected" in str(retry.event_specific_data.error)
+    # Attempt 1 died with epoch 0 in last.ckpt; attempt 2 picked up at epoch 1.
+    assert [r["epoch"] for r in seen["rows"]] == [0]
+    meta = result.asset_materializations_for_node(asset)[0].metadata
+    assert meta["resumed"].value is True
+    assert meta["resumed_from_epoch"].value == 1
+    assert meta["epochs_this_call"].value == 1 and meta["epochs_run"].value == 2
+    history = pd.read_parquet(run_dir / "history.parquet")
+    assert list(history["epoch"]) == [0, 1]
+    assert history.iloc[0]["train/loss"] == pytest.approx(seen["rows"][0]["train/loss"])
+    # MLflow: attempt 1's run ended failed, attempt 2's finished and registered the version.
+    client = mlflow.MlflowClient(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("food_assets").experiment_id],
+        filter_string=f"tags.asset = '{asset}' and tags.dagster_run_id = '{result.run_id}'",
+    )
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    versions = client.search_model_versions("name = 'food_assets.custom_cnn'")
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    assert [v.run_id for v in versions] == [finished.info.run_id]

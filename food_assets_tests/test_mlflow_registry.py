@@ -320,3 +320,72 @@ def test_the_demo_serves_the_champion(registry_runs, monkeypatch):
     assert got.ok and want.ok, (got.message, want.message)
     assert next(iter(got.top)) == next(iter(want.top))
     assert "models:/food_assets.custom_cnn@champion (version 1)" in got.info
+
+
+# -- the CLI: `models` names the champion, `demo --help` says how to serve it ------------------
+
+CHAMPION_LINE = "MLflow registry champion:"
+
+
+def _models_champion_line(data_dir: Path) -> str | None:
+    from typer.testing import CliRunner
+
+    from food_assets.cli import app
+
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "models"])
+    assert result.exit_code == 0, result.output
+    return next((ln for ln in result.stdout.splitlines() if ln.startswith(CHAMPION_LINE)), None)
+
+
+def test_demo_help_names_champion_and_the_models_uri():
+    """`food-assets demo --help` tells what `--model` takes, as `predict --help` does: `champion`
+    and `models:/food_assets.<name>@champion`. Breakage tried: the help's URIs without their
+    backticks (the Markdown help drops a bare `<name>`: fails), and the old "Model name" help."""
+    from typer.testing import CliRunner
+
+    from food_assets.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "`--model champion`" in text or "--model champion" in text
+    assert "models:/food_assets.<name>@champion" in text
+    assert "models:/food_assets.<name>/<version>" in text
+    assert "FOOD_ASSETS_MLFLOW_URI" in text
+
+
+def test_models_prints_no_champion_line_without_a_store(tmp_path, monkeypatch):
+    """No MLflow store under the data folder: the table, no champion line, and no store created
+    by asking. Breakage tried: `_champion` without its store check (a "not resolved: no MLflow
+    store" line: fails)."""
+    monkeypatch.delenv("FOOD_ASSETS_MLFLOW_URI", raising=False)
+    assert _models_champion_line(tmp_path) is None
+    assert not (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_models_prints_the_champion_from_the_registry(registry_runs, monkeypatch):
+    """After the real run, `food-assets models` names `models:/food_assets.custom_cnn@champion`
+    (version 1), and it reads the alias itself: moved by hand to the other model, the line
+    follows; removed, the line says no model holds it. Breakage tried: the line made from
+    `catalog.best_model` instead of the registry (fails)."""
+    monkeypatch.delenv("FOOD_ASSETS_MLFLOW_URI", raising=False)
+    monkeypatch.delenv("FOOD_ASSETS_ARTIFACT_ROOT", raising=False)
+    data_dir, client = registry_runs["data_dir"], registry_runs["client"]
+    line = _models_champion_line(data_dir)
+    assert line is not None and line.startswith(
+        f"{CHAMPION_LINE} models:/food_assets.{PASSING}@champion (version 1;"
+    )
+    passing, failing = f"food_assets.{PASSING}", f"food_assets.{FAILING}"
+    try:
+        client.delete_registered_model_alias(passing, "champion")
+        client.set_registered_model_alias(failing, "champion", "1")
+        assert f"models:/{failing}@champion (version 1;" in _models_champion_line(data_dir)
+        client.delete_registered_model_alias(failing, "champion")
+        missing = _models_champion_line(data_dir)
+        assert missing.startswith(f"{CHAMPION_LINE} not resolved: no model holds")
+    finally:  # the module's other tests read the alias the leaderboard set
+        for name in (passing, failing):
+            if "champion" in client.get_registered_model(name).aliases:
+                client.delete_registered_model_alias(name, "champion")
+        client.set_registered_model_alias(passing, "champion", "1")

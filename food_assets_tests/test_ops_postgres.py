@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,25 +78,37 @@ def _pg_count(url: str, sql: str) -> int:
         conn.close()
 
 
-def test_team_config_runs_the_graph_on_postgres(
-    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import dagster as dg
-    from mlflow.tracking import MlflowClient
+@dataclass
+class TeamSetup:
+    """configs/team as it ships, on the test's server: the instance folder, the resources and
+    the databases' URLs."""
 
-    from food_assets.definitions import build_definitions
+    home: Path
+    resources: dict
+    dagster_url: str
+    mlflow_url: str
+    artifact_root: Path
+
+
+def _team_setup(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, suffix: str = ""
+) -> TeamSetup:
+    """Fresh `dagster<suffix>` and `mlflow<suffix>` databases, DAGSTER_HOME with the team's
+    dagster.yaml, and the team's MLflow resource config (only the artifact root made local)."""
     from food_assets.resources import QualityGates, default_resources, food_mlflow
 
-    dagster_url = pg.create_database("dagster")
+    dagster_url = pg.create_database(f"dagster{suffix}")
     # MLflow's SQLAlchemy store picks the psycopg (3) driver for a bare postgresql:// URL; the
     # `team` extra ships psycopg2, so the URL names that driver.
-    mlflow_url = pg.create_database("mlflow").replace("postgresql://", "postgresql+psycopg2://")
+    mlflow_url = pg.create_database(f"mlflow{suffix}").replace(
+        "postgresql://", "postgresql+psycopg2://"
+    )
 
     # The instance: configs/team/dagster.yaml as it ships, credentials from DAGSTER_PG_*.
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(TEAM / "dagster.yaml", home / "dagster.yaml")
-    for key, value in pg.env("dagster").items():
+    for key, value in pg.env(f"dagster{suffix}").items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_COMPUTE_LOGS_DIR", str(tmp_path / "compute_logs"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
@@ -113,6 +126,20 @@ def test_team_config_runs_the_graph_on_postgres(
     resources = default_resources(str(tmp_path / "data"))
     resources["mlflow"] = food_mlflow.configured(mlflow_cfg)
     resources["quality"] = QualityGates(accuracy={"sample/*": 0.0})  # gates have own tests
+    return TeamSetup(home, resources, dagster_url, mlflow_url, artifact_root)
+
+
+def test_team_config_runs_the_graph_on_postgres(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+    from mlflow.tracking import MlflowClient
+
+    from food_assets.definitions import build_definitions
+
+    team = _team_setup(pg, tmp_path, monkeypatch)
+    home, resources, mlflow_url = team.home, team.resources, team.mlflow_url
+    dagster_url, artifact_root = team.dagster_url, team.artifact_root
     defs = build_definitions(resources)
     ops = tiny_run_config(custom_cnn={"epochs": 1, "warmup_epochs": 0.5})["ops"]
     run_config = {"ops": {k: v for k, v in ops.items() if k in SELECTED}}
@@ -176,3 +203,57 @@ def test_team_config_runs_the_graph_on_postgres(
     versions = client.search_model_versions("name = 'food_assets.custom_cnn'")
     assert [v.run_id for v in versions] == [mlflow_run_id]
     assert "label_map" in versions[0].tags
+
+
+def test_champion_alias_in_the_postgres_registry(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The team setup up to the leaderboard (custom_cnn trains, the others decline): the
+    leaderboard sets `champion` in the MLflow Model Registry on PostgreSQL (the alias row is in
+    the database), and `champion` and `models:/food_assets.custom_cnn@champion` resolve through
+    `model_registry` against that store (FOOD_ASSETS_MLFLOW_URI): the trained bundle, downloaded
+    from the artifact root, with the evaluation's temperature.
+
+    Breakage tried: `MlflowClient.set_registered_model_alias` made a no-op, so `set_champion`
+    sets no alias (fails: "Registered model alias champion not found")."""
+    import dagster as dg
+    from mlflow.tracking import MlflowClient
+
+    from food_assets import model_registry
+    from food_assets.definitions import build_definitions
+    from food_assets_tests.leaderboard_run import leaderboard_run_config, leaderboard_selection
+
+    team = _team_setup(pg, tmp_path, monkeypatch, suffix="_champion")
+    selection = leaderboard_selection("custom_cnn")
+    run_config = leaderboard_run_config("custom_cnn", selection, epochs=1, warmup_epochs=0.5)
+    defs = build_definitions(team.resources)
+    with dg.DagsterInstance.from_config(str(team.home)) as instance, _mlflow_run_closed():
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets(*selection),
+            resources=team.resources,
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert result.success, [e.message for e in result.get_step_failure_events()]
+    uri = "models:/food_assets.custom_cnn@champion"
+    board = result.asset_materializations_for_node("leaderboard")[-1].metadata
+    assert board["champion"].value == "custom_cnn" and board["champion_uri"].value == uri
+
+    client = MlflowClient(team.mlflow_url)
+    mv = client.get_model_version_by_alias("food_assets.custom_cnn", "champion")
+    model = result.output_for_node("model_custom_cnn")
+    assert mv.run_id == model.mlflow_run_id and mv.tags["accuracy_check"] == "passed"
+    mlflow_db = team.mlflow_url.replace("+psycopg2", "")
+    aliases = "select count(*) from registered_model_aliases where alias = 'champion'"
+    assert _pg_count(mlflow_db, aliases) == 1
+
+    report = result.output_for_node("evaluation_custom_cnn")
+    weights = (model.bundle_dir / "model.safetensors").read_bytes()
+    for ref in ("champion", uri):  # FOOD_ASSETS_MLFLOW_URI is the team's store (_team_setup)
+        entry = model_registry.registry_model(ref, tmp_path / "consumer")
+        assert entry.name == uri and entry.registry.version == str(mv.version)
+        assert entry.calibrated and entry.temperature == pytest.approx(report.temperature)
+        assert (entry.bundle_dir / "model.safetensors").read_bytes() == weights

@@ -38,21 +38,31 @@ def models(ctx: typer.Context) -> None:
         typer.echo(f"Default for `predict` and the demo: {best.name} (catalog.best_model).")
     champion = _champion(data_dir(ctx))
     if champion:
-        typer.echo(f"MLflow registry champion: {champion} (`predict --model champion`).")
+        typer.echo(f"MLflow registry champion: {champion}")
     typer.echo(
         "Train one with `food-assets train NAME`; predict with `food-assets predict -m NAME`."
     )
 
 
 def _champion(root) -> str | None:
-    """`models:/food_assets.<name>@champion` (version N), or None when the registry has none
-    (or no store exists yet; listing never fails because of MLflow)."""
-    from food_assets import model_registry
+    """The champion line's text: `models:/food_assets.<name>@champion (version N)`, or why there
+    is none (no alias, several holders, an unreachable store). None when no MLflow store exists
+    yet (nothing was ever registered: no line). Listing never fails because of MLflow."""
+    from pathlib import Path
 
-    try:
-        found = model_registry.find_registered_version(
-            model_registry.CHAMPION, uri=model_registry.registry_uri(root)
-        )
-    except Exception:  # no store, no champion, an unreachable server: the table still prints
+    from food_assets import model_registry
+    from food_assets.ml.errors import FoodAssetsError
+
+    uri = model_registry.registry_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return None
-    return f"{found.uri} (version {found.version})"
+    try:
+        found = model_registry.find_registered_version(model_registry.CHAMPION, uri=uri)
+    except FoodAssetsError as exc:  # no alias yet, or several holders: say so
+        return f"not resolved: {exc}"
+    except Exception as exc:  # an unreachable server, a broken store: the table still prints
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return (
+        f"{found.uri} (version {found.version}; "
+        f"`predict --model {model_registry.CHAMPION}` loads it)"
+    )
