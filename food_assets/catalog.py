@@ -238,6 +238,7 @@ def fetch_model(
         return entry
     if onnx and entry.onnx_path is not None:
         storage.fetch(layout.onnx_asset(entry.name), prefix=layout.ONNX_FILE)
+        storage.fetch(layout.onnx_asset(entry.name), prefix=layout.ONNX_INT8_FILE)
     if bundle and entry.bundle_dir is not None:
         storage.fetch(layout.model_asset(entry.name), prefix=layout.BUNDLE_DIR)
     return entry
@@ -248,7 +249,8 @@ def load_predictor(entry: MaterializedModel, **kwargs: Any) -> Predictor:
 
     A bundle answers with `entry.temperature` (the evaluation's calibration, or 1.0 when the
     model was never evaluated: `temperature_note` says which); an ONNX export with the
-    temperature embedded in it.
+    temperature embedded in it. `precision=` (`auto`, `fp32`, `int8`) picks the fp32 export or
+    its int8 twin (`food_assets.ml.inference.serving`).
     """
     from food_assets.ml.inference.predictor import load_predictor as load_artifact
 

@@ -13,7 +13,7 @@ here.
     <root>/artifacts/food_splits/splits.parquet, class_map.json
     <root>/artifacts/model_<name>/bundle/      model.safetensors + card.json
     <root>/artifacts/evaluation_<name>/metrics.json, calibration.json, predictions.parquet, ...
-    <root>/artifacts/onnx_<name>/model.onnx, parity.json, latency.json
+    <root>/artifacts/onnx_<name>/model.onnx, model_int8.onnx, parity.json, latency.json, int8.json
     <root>/artifacts/gradcam_<name>/report/
     <root>/artifacts/leaderboard/comparison.md, comparison.csv, skipped.json
 
@@ -39,6 +39,7 @@ RECORD_FILE = "value.json"
 FRAME_FILE = "value.parquet"
 BUNDLE_DIR = "bundle"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
 
 RAW_ASSET = "food_images_raw"
 SPLITS_ASSET = "food_splits"
@@ -150,6 +151,16 @@ def onnx_dir(root: P, name: str) -> P:
 
 def onnx_file(root: P, name: str) -> P:
     return onnx_dir(root, name) / ONNX_FILE  # type: ignore[operator]
+
+
+def onnx_int8_file(root: P, name: str) -> P:
+    """The int8 twin of `onnx_file` (`food_assets.ml.export.quantize.int8_path` of it)."""
+    return onnx_dir(root, name) / ONNX_INT8_FILE  # type: ignore[operator]
+
+
+def int8_record_file(root: P, name: str) -> P:
+    """The int8 export's record (quantization, gate, latency) as JSON, beside the file."""
+    return onnx_dir(root, name) / "int8.json"  # type: ignore[operator]
 
 
 def parity_file(root: P, name: str) -> P:

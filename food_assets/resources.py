@@ -106,6 +106,12 @@ class QualityGates(dg.ConfigurableResource):
     max_quarantine_share: float = Field(default=0.05, ge=0.0, le=1.0)
     accuracy: dict[str, float] = Field(default_factory=dict)
     onnx_atol: float = Field(default=1e-4, gt=0)
+    # The int8 export's gate (ADR 0013): agreement with fp32 on the test split, accuracy drop.
+    int8_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    int8_max_drop_points: float = Field(default=0.5, ge=0.0, le=100.0)
+    int8_gate_fails_run: bool = Field(
+        default=False, description="a failed int8 gate fails the run (else WARN: fp32 served)"
+    )
 
     def accuracy_floor(self, source: str, model: str, default: float) -> float:
         for key in (f"{source}/{model}", f"{source}/*", f"*/{model}"):

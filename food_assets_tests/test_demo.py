@@ -235,9 +235,9 @@ def test_model_is_loaded_once(full_dir: Path, photo: Path, monkeypatch) -> None:
     calls: list[str] = []
     real = demo.load_model
 
-    def counting(entry):
+    def counting(entry, *args):
         calls.append(entry.name)
-        return real(entry)
+        return real(entry, *args)
 
     monkeypatch.setattr(demo.service, "load_model", counting)  # where DemoService looks it up
     service = demo.DemoService(full_dir)
@@ -301,3 +301,18 @@ def test_default_model_is_the_best_evaluated(full_dir: Path, tmp_path: Path) -> 
     service = demo.DemoService(root)
     assert service.model_names() == [MODEL, "other", "unevaluated"]
     assert service.default_model == "other"
+
+
+def test_demo_serves_fp32_without_an_int8_export_and_refuses_int8(
+    full_dir: Path, photo: Path
+) -> None:
+    """Breakage caught: the demo ignoring its precision (an int8 request answered by fp32 with
+    no word), not saying which precision answered, or accepting an unknown precision."""
+    from food_assets.ml.errors import ConfigError
+
+    auto = demo.DemoService(full_dir).predict(photo, MODEL)
+    assert auto.ok and "ONNX Runtime fp32" in auto.info and "int8 not served" in auto.info
+    int8 = demo.DemoService(full_dir, precision="int8").predict(photo, MODEL)
+    assert not int8.ok and "int8 export cannot be served" in int8.message
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        demo.DemoService(full_dir, precision="bf16")

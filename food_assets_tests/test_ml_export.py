@@ -192,8 +192,9 @@ def test_measure_latency_table(tiny) -> None:
     model, path = tiny
     frame = measure_latency(model, path, 32, batch_sizes=(1, 4), repeats={1: 3, 4: 2}, warmup=1)
     assert list(frame.columns) == [
-        "model", "backend", "batch", "median_ms", "p90_ms", "images_per_s", "repeats",
+        "model", "backend", "batch", "median_ms", "p90_ms", "images_per_s", "repeats", "threads",
     ]  # fmt: skip
+    assert frame["threads"].eq(frame["threads"].iloc[0]).all() and frame["threads"].iloc[0] >= 1
     assert sorted(zip(frame["backend"], frame["batch"], strict=True)) == [
         ("eager", 1), ("eager", 4), ("onnxruntime", 1), ("onnxruntime", 4),
     ]  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -343,8 +344,12 @@ def test_load_predictor_forwards_keyword_arguments(bundle, tmp_path: Path, monke
     import food_assets.ml.inference.predictor as P
 
     calls = []
-    monkeypatch.setattr(P, "TorchPredictor", lambda path, **kw: calls.append(("torch", path, kw)))
-    monkeypatch.setattr(P, "OnnxPredictor", lambda path, **kw: calls.append(("onnx", path, kw)))
+
+    def record(kind: str):  # a stand-in predictor: load_predictor sets `.choice` on ONNX ones
+        return lambda path, **kw: calls.append((kind, path, kw)) or SimpleNamespace()
+
+    monkeypatch.setattr(P, "TorchPredictor", record("torch"))
+    monkeypatch.setattr(P, "OnnxPredictor", record("onnx"))
     onnx_file = tiny_onnx(tmp_path / "m.onnx", W, class_names=CLASSES, preprocess=PRE)
     load_predictor(bundle[0], device="cuda")
     load_predictor(onnx_file, threads=2)

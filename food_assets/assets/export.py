@@ -1,9 +1,13 @@
-"""`onnx_<name>` for every model: export, ONNX Runtime parity on real validation images, and
-CPU latency (eager against ONNX Runtime); `onnx_parity` enforces the parity rule.
+"""`onnx_<name>` for every model: the fp32 export and its int8 twin, ONNX Runtime parity on real
+validation images, the int8 accuracy gate on the test split, and CPU latency (eager, ORT fp32,
+ORT int8); `onnx_parity` enforces the parity rule, `int8_accuracy` reports the int8 gate.
 
 `onnx_<name>` takes `evaluation_<name>` as an input: the export embeds the temperature from the
 evaluation's calibration.json (the bundle itself stays uncalibrated), and a model that fails its
-accuracy gate is never exported (ADR 0005).
+accuracy gate is never exported (ADR 0005). The int8 export is an output of the same asset, not
+an asset of its own (ADR 0013): it is made from the fp32 file, judged against it and timed in
+the same process, and a failed int8 gate is recorded in the int8 file itself, so `predict` and
+the demo never serve it.
 """
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
@@ -26,7 +30,9 @@ from food_assets.assets._common import (
     user_errors,
 )
 from food_assets.catalog import load_temperature
+from food_assets.config_classes import config_class
 from food_assets.ml.data.splits import SplitManifest
+from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.resources import ArtifactStore, QualityGates
 
@@ -36,10 +42,15 @@ if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch an
 
 EXPORT_GROUP = "export"
 PARITY_CHECK = "onnx_parity"
+INT8_CHECK = "int8_accuracy"
 #: The exporter, its parity and latency code and what loads a bundle (ADR 0011).
 EXPORT_CODE_VERSION = code_version(
     "export", modules=["food_assets.ml.export", "food_assets.ml.inference", *MODEL_SHARED_MODULES]
 )
+
+
+#: The int8 settings, derived from `QuantizeConfig` (ADR 0008).
+Int8Config = config_class(QuantizeConfig, name="Int8Config")
 
 
 class ExportConfig(dg.Config):
@@ -48,6 +59,9 @@ class ExportConfig(dg.Config):
     latency_repeats_batch32: int = Field(default=2, ge=1, description="timed calls at batch 32")
     measure_latency: bool = True
     opset: int | None = Field(default=None, description="None: the exporter's default")
+    int8: Int8Config = Field(  # type: ignore[valid-type]
+        default_factory=Int8Config, description="the int8 export (static quantization)"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,7 @@ class OnnxExport:
     path: Path
     parity: dict[str, Any]
     latency_path: Path | None
+    int8_path: Path | None = None
 
 
 def _skip_reason(name: str, spec: ModelSpec, model: Any, evaluation: Any) -> str | None:
@@ -82,7 +97,19 @@ def build_export_asset(name: str) -> list:
         pool="gpu",  # PyTorch-side parity runs on the GPU when there is one
         code_version=EXPORT_CODE_VERSION,
         description=f"model_{name} as ONNX (dynamic batch, class names, preprocessing and "
-        "temperature in the metadata), with parity and CPU latency",
+        "temperature in the metadata), fp32 and int8, with parity, the int8 accuracy gate and "
+        "CPU latency",
+        check_specs=[
+            dg.AssetCheckSpec(
+                INT8_CHECK,
+                asset=layout.onnx_asset(name),
+                # Blocks downstream only when QualityGates.int8_gate_fails_run makes a failure
+                # an ERROR; either way a failed int8 file is never served (ADR 0013).
+                blocking=True,
+                description="int8 export vs fp32 on the test split: top-1 agreement >= "
+                "QualityGates.int8_min_agreement and accuracy drop <= int8_max_drop_points",
+            )
+        ],
     )
     def _onnx_asset(
         context: dg.AssetExecutionContext,
@@ -96,6 +123,7 @@ def build_export_asset(name: str) -> list:
         reason = _skip_reason(name, spec, model, evaluation)
         if reason:
             yield skipped_output(context, name, reason)
+            yield not_evaluated(reason, check_name=INT8_CHECK)
             return
         from food_assets.ml.export.bundle_export import export_bundle
 
@@ -114,9 +142,16 @@ def build_export_asset(name: str) -> list:
                 atol=quality.onnx_atol,
                 latency_repeats={1: config.latency_repeats, 32: config.latency_repeats_batch32},
                 name=name,
+                int8=config.int8.to_ml(),
+                int8_record_path=layout.int8_record_file(root, name),
+                int8_min_agreement=quality.int8_min_agreement,
+                int8_max_drop_points=quality.int8_max_drop_points,
             )
-        value = OnnxExport(name, result.path, result.parity.to_dict(), result.latency_path)
+        value = OnnxExport(
+            name, result.path, result.parity.to_dict(), result.latency_path, result.int8_path
+        )
         yield dg.Output(value, metadata=_export_metadata(result, artifact_store))
+        yield int8_check_result(result, quality)
 
     return [_onnx_asset, _build_parity_check(name, spec, _onnx_asset)]
 
@@ -134,10 +169,44 @@ def _export_metadata(result: "ExportResult", store: ArtifactStore) -> dict[str, 
     }
     if latency is not None:
         metadata["latency"] = md_table(latency, floatfmt=".2f")
+        metadata["latency_threads"] = int(latency["threads"].iloc[0])
         b1 = latency[latency["batch"] == 1].set_index("backend")["median_ms"]
         if {"eager", "onnxruntime"} <= set(b1.index):
             metadata["ort_over_eager_batch1"] = round(float(b1["onnxruntime"] / b1["eager"]), 3)
+        if {"onnxruntime", "onnxruntime_int8"} <= set(b1.index):
+            ratio = float(b1["onnxruntime_int8"] / b1["onnxruntime"])
+            metadata["int8_over_fp32_batch1"] = round(ratio, 3)
+    if result.int8_path is not None and result.int8 is not None:
+        q = result.int8["quantization"]
+        metadata["int8_onnx"] = dg.MetadataValue.path(store.location(result.int8_path))
+        metadata["int8_size_mb"] = round(result.int8_path.stat().st_size / 2**20, 2)
+        metadata["int8_calibration_images"] = int(q["calibration_images"])
+        metadata["int8_method"] = (
+            f"{q['format']}, {q['method']} calibration on {q['calibration_split']}, "
+            f"{'per-channel' if q['per_channel'] else 'per-tensor'} int8 weights, "
+            f"{q['activations']} activations"
+        )
+        metadata["int8_gate_passed"] = bool(result.int8_gate and result.int8_gate.passed)
     return metadata
+
+
+def int8_check_result(result: "ExportResult", quality: QualityGates) -> dg.AssetCheckResult:
+    """`int8_accuracy`'s result: the gate `export_bundle` ran (ERROR only when
+    `QualityGates.int8_gate_fails_run`; a failed int8 file is never served either way)."""
+    gate = result.int8_gate
+    if gate is None:
+        return not_evaluated("int8 is off in this export's config", check_name=INT8_CHECK)
+    severity = (
+        dg.AssetCheckSeverity.ERROR if quality.int8_gate_fails_run else (dg.AssetCheckSeverity.WARN)
+    )
+    return dg.AssetCheckResult(
+        check_name=INT8_CHECK,
+        passed=bool(gate.passed),
+        severity=severity,
+        description=gate.description
+        + ("" if gate.passed else "; the int8 export will not be served (fp32 is)"),
+        metadata=dict(gate.metadata),
+    )
 
 
 def _build_parity_check(

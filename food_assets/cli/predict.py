@@ -39,6 +39,14 @@ class OutputFormat(StrEnum):
     csv = "csv"
 
 
+class Precision(StrEnum):
+    """Which export answers (`food_assets.ml.inference.serving.PRECISIONS`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 @user_errors
 def predict(
     ctx: typer.Context,
@@ -56,8 +64,8 @@ def predict(
             "--model",
             "-m",
             help="A materialized model by name (see `models`), `champion` (the MLflow "
-            "registry's), or a registered version: models:/food_assets.<name>@<alias> or "
-            "models:/food_assets.<name>/<version>.",
+            "registry's), or a registered version: `models:/food_assets.<name>@<alias>` or "
+            "`models:/food_assets.<name>/<version>`.",
         ),
     ] = None,
     from_path: Annotated[
@@ -71,10 +79,20 @@ def predict(
         OutputFormat.table
     ),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            "--precision",
+            help="Which ONNX export answers: auto (int8 when it passed its accuracy gate and "
+            "was measured faster, else fp32), fp32, or int8 (an error if it is absent or failed "
+            "its gate).",
+        ),
+    ] = Precision.auto,
 ) -> None:
     """Top-k food classes with probabilities for image files and folders.
 
-    Uses the model's ONNX export when there is one, else its bundle. Without --model or --from,
+    Uses the model's ONNX export when there is one (fp32 or int8, see --precision), else its
+    bundle. Without --model or --from,
     the materialized model with the best test accuracy. `--model champion` (or a `models:/`
     URI) loads a registered version's bundle from the MLflow registry (FOOD_ASSETS_MLFLOW_URI,
     else `<data dir>/mlflow/mlflow.db`). Unreadable files are reported one by
@@ -84,7 +102,7 @@ def predict(
         raise UserError("pass either --model or --from, not both")
     # List the files before loading the model: a missing path is reported at once.
     files = _list_image_files(paths)
-    predictor = _load_predictor(_resolve_model(ctx, model, from_path))
+    predictor = _load_predictor(_resolve_model(ctx, model, from_path), precision.value)
     results = predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)
     n_ok, n_bad = _write_results(_with_progress(results, len(files)), fmt)
     summary = f"predicted {n_ok} of {len(files)} file(s)"
@@ -108,27 +126,30 @@ def _list_image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _load_predictor(choice: Path | MaterializedModel) -> Predictor:
+def _load_predictor(choice: Path | MaterializedModel, precision: str = "auto") -> Predictor:
     """Load what `_resolve_model` chose and say on stderr which model (and file) answers."""
     if isinstance(choice, Path):
         from food_assets.ml.inference.predictor import load_predictor
 
-        predictor = load_predictor(choice)
-        where = str(choice)
+        predictor = load_predictor(choice, precision=precision)
+        where = str(getattr(predictor, "path", choice))
     else:
         from food_assets import catalog
 
-        predictor = catalog.load_predictor(choice)
+        predictor = catalog.load_predictor(choice, precision=precision)
         assert choice.best_path is not None
         if choice.registry is not None:
             found = choice.registry
             where = f"{found.uri}: version {found.version}, run {found.run_id}"
         else:
             assert choice.storage is not None
-            where = choice.storage.location(choice.best_path)
+            where = choice.storage.location(getattr(predictor, "path", choice.best_path))
         if choice.onnx_path is None:
             err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
     err.print(f"model: {predictor.model_name} ({where})", soft_wrap=True, markup=False)
+    served = getattr(predictor, "choice", None)
+    if served is not None:
+        err.print(f"precision: {served.precision} ({served.reason})", soft_wrap=True, markup=False)
     return predictor
 
 

@@ -110,14 +110,16 @@ def _entry_for_path(path: Path) -> MaterializedModel:
     )
 
 
-def load_model(entry: MaterializedModel) -> LoadedModel:
+def load_model(entry: MaterializedModel, precision: str = "auto") -> LoadedModel:
     """Load the predictor (ONNX first, it is faster) and the bundle's network for Grad-CAM.
 
     Through `catalog.load_predictor`: the files are fetched from a remote root first, and a
-    bundle answers with its evaluation's temperature (1.0 when it was never evaluated)."""
-    source = entry.best_path
-    assert source is not None  # the catalog lists only models with something on disk
-    predictor = catalog.load_predictor(entry)
+    bundle answers with its evaluation's temperature (1.0 when it was never evaluated).
+    `precision` picks the fp32 export or its int8 twin (`food_assets.ml.inference.serving`: a
+    failed int8 export is never served)."""
+    assert entry.best_path is not None  # the catalog lists only models with something on disk
+    predictor = catalog.load_predictor(entry, precision=precision)
+    source = Path(getattr(predictor, "path", entry.best_path))
     loaded = LoadedModel(entry=entry, predictor=predictor, source=source)
     _attach_gradcam(loaded)
     return loaded
@@ -176,6 +178,9 @@ class DemoService:
             in the MLflow registry, `model_registry.registry_model`), or a path to a bundle folder /
             `.onnx` file; None: `catalog.best_model` (the best test accuracy; ties to the first
             name).
+        precision: `auto` (int8 when it passed its accuracy gate and was measured faster, else
+            fp32), `fp32` or `int8` (a model without a servable int8 export then answers with
+            a message naming the fix).
     """
 
     def __init__(
@@ -184,11 +189,15 @@ class DemoService:
         *,
         max_upload_mb: float = 10.0,
         default_model: str | None = None,
+        precision: str = "auto",
     ) -> None:
+        from food_assets.ml.inference.serving import check_precision
+
         if max_upload_mb <= 0:
             from food_assets.ml.errors import ConfigError
 
             raise ConfigError(f"max_upload_mb must be positive, not {max_upload_mb}")
+        self.precision = check_precision(precision)
         self.root = catalog.data_dir(data_dir)
         self.storage = catalog.open_storage(self.root)
         self.max_upload_mb = float(max_upload_mb)
@@ -256,7 +265,7 @@ class DemoService:
                     f"model {name!r} is not materialized under {self._artifacts()}"
                 )
             # Under the lock on purpose: two first requests must not load a 100 MB model twice.
-            loaded = load_model(entry)
+            loaded = load_model(entry, self.precision)
             self.load_count += 1
             self._loaded[name] = loaded
             return loaded
@@ -271,11 +280,16 @@ class DemoService:
         loaded = self._loaded.get(name)
         source = loaded.source if loaded else entry.best_path
         kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
+        choice = getattr(loaded.predictor, "choice", None) if loaded else None
+        if choice is not None:
+            kind = f"ONNX Runtime {choice.precision}"
         label = loaded.name if loaded else name
         where = entry.storage.location(source) if entry.storage and source else source
         if entry.registry is not None:
             where = f"{entry.registry.uri} (version {entry.registry.version})"
         lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{where}`"]
+        if choice is not None:
+            lines.append(f"**Precision:** {choice.reason}")
         if kind == "PyTorch bundle" and entry.temperature is not None:
             lines.append(f"**Calibration:** {entry.temperature_note()}")
         acc = entry.accuracy

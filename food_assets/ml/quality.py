@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from food_assets.ml.data.splits import SPLITS
@@ -118,4 +119,53 @@ def check_gradcam_sanity(metrics: Mapping[str, float]) -> CheckOutcome:
         )
     return CheckOutcome(
         passed=False, description="not evaluated: no sanity figure could be computed"
+    )
+
+
+def check_int8_gate(
+    fp32_pred: Sequence[int] | np.ndarray,
+    int8_pred: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    *,
+    min_agreement: float,
+    max_drop_points: float,
+) -> CheckOutcome:
+    """May the int8 export stand in for the fp32 one? Top-1 predictions of both on the same
+    test images, and the true labels.
+
+    Passes when the share of images where both give the same top-1 class is at least
+    `min_agreement` (e.g. 0.99) and int8's top-1 accuracy is at most `max_drop_points`
+    percentage points (e.g. 0.5) below fp32's. No images: not evaluated, not a pass.
+    """
+    fp32_pred, int8_pred, labels = (np.asarray(a) for a in (fp32_pred, int8_pred, labels))
+    n = len(labels)
+    if not (len(fp32_pred) == len(int8_pred) == n):
+        raise ValueError(
+            f"check_int8_gate: {len(fp32_pred)} fp32, {len(int8_pred)} int8 predictions and "
+            f"{n} labels"
+        )
+    thresholds = {"min_agreement": float(min_agreement), "max_drop_points": float(max_drop_points)}
+    if n == 0:
+        return CheckOutcome(
+            passed=False, description="not evaluated: no test images", metadata={"n_images": 0}
+        )
+    agreement = float((fp32_pred == int8_pred).mean())
+    acc_fp32 = float((fp32_pred == labels).mean())
+    acc_int8 = float((int8_pred == labels).mean())
+    drop = 100.0 * (acc_fp32 - acc_int8)
+    # A tolerance for float rounding: 0.5 points measured as 0.5000000001 is still 0.5.
+    passed = agreement >= min_agreement - 1e-12 and drop <= max_drop_points + 1e-9
+    return CheckOutcome(
+        passed=bool(passed),
+        description=f"top-1 agreement {agreement:.2%} (min {min_agreement:.2%}), accuracy "
+        f"{acc_int8:.2%} int8 vs {acc_fp32:.2%} fp32 (drop {drop:+.2f} points, max "
+        f"{max_drop_points:g}) on {n} test images",
+        metadata={
+            "top1_agreement": agreement,
+            "acc_top1_fp32": acc_fp32,
+            "acc_top1_int8": acc_int8,
+            "drop_points": drop,
+            "n_images": n,
+            **thresholds,
+        },
     )

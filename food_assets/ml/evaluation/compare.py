@@ -27,7 +27,17 @@ COLUMNS = (
     "gmacs",
     "train_seconds",
     "latency_ms",
+    "serving",
+    "eager_ms_b1",
+    "ort_fp32_ms_b1",
+    "ort_int8_ms_b1",
+    "eager_ms_b32",
+    "ort_fp32_ms_b32",
+    "ort_int8_ms_b32",
+    "latency_threads",
 )
+#: Columns that hold text, not numbers (which export answers: `fp32` / `int8`).
+TEXT_COLUMNS = ("model", "serving")
 _ALIASES = {"name": "model", "cpu_latency_ms": "latency_ms", "latency_cpu_ms": "latency_ms"}
 _HEADERS = {
     "model": "model",
@@ -38,6 +48,14 @@ _HEADERS = {
     "gmacs": "GMACs",
     "train_seconds": "train (s)",
     "latency_ms": "CPU latency (ms)",
+    "serving": "served",
+    "eager_ms_b1": "eager b1",
+    "ort_fp32_ms_b1": "ORT fp32 b1",
+    "ort_int8_ms_b1": "ORT int8 b1",
+    "eager_ms_b32": "eager b32",
+    "ort_fp32_ms_b32": "ORT fp32 b32",
+    "ort_int8_ms_b32": "ORT int8 b32",
+    "latency_threads": "threads",
 }
 _MISSING = "-"
 
@@ -51,6 +69,11 @@ class ComparisonResult:
         markdown: the human-readable table (accuracy as "81.2 % [80.7, 81.7]").
         x_axis: the cost column the plot uses: `latency_ms` unless more models (with an
             accuracy) report `params` than latency; None if no model reports either.
+
+    `latency_ms` is the batch-1 latency of the export that serves by default (`serving`:
+    `fp32` or `int8`, the fastest that passed its gates); the `*_ms_b1` / `*_ms_b32` columns
+    are the medians of each backend at batch 1 and 32 (ms), all timed in one process per model
+    with `latency_threads` threads.
     """
 
     table: pd.DataFrame
@@ -70,7 +93,8 @@ def compare_models(rows: Sequence[Mapping[str, Any]]) -> ComparisonResult:
     Args:
         rows: one mapping per model with `model` (or `name`) and any of `acc_top1`,
             `acc_top1_ci_low`, `acc_top1_ci_high`, `macro_f1`, `ece`, `params`, `gmacs`,
-            `train_seconds`, `latency_ms`; a value may be missing or None. Keys prefixed
+            `train_seconds`, `latency_ms`, `serving` (text), the per-backend latency columns
+            and `latency_threads`; a value may be missing or None. Keys prefixed
             `test/` (as in metrics.json) are accepted; other keys become extra columns.
 
     Returns:
@@ -96,14 +120,16 @@ def compare_models(rows: Sequence[Mapping[str, Any]]) -> ComparisonResult:
         seen.add(name)
         rec["model"] = name
         for key, value in rec.items():
-            if key == "model":
+            if key in TEXT_COLUMNS:
+                if key != "model":
+                    rec[key] = None if value is None else str(value)
                 continue
             rec[key] = _number(name, key, value)
             if key not in COLUMNS and key not in extra:
                 extra.append(key)
         records.append(rec)
     table = pd.DataFrame.from_records(records, columns=[*COLUMNS, *extra])
-    numeric = [c for c in table.columns if c != "model"]
+    numeric = [c for c in table.columns if c not in TEXT_COLUMNS]
     table[numeric] = table[numeric].astype(np.float64)
     table = table.sort_values(
         ["acc_top1", "model"], ascending=[False, True], na_position="last", kind="mergesort"
@@ -165,8 +191,14 @@ def _markdown(table: pd.DataFrame, extra: list[str]) -> str:
             _HEADERS["gmacs"]: [_fmt(v, ".2f") for v in table["gmacs"]],
             _HEADERS["train_seconds"]: [_fmt(v, ".0f") for v in table["train_seconds"]],
             _HEADERS["latency_ms"]: [_fmt(v, ".1f") for v in table["latency_ms"]],
+            _HEADERS["serving"]: [
+                _MISSING if v is None or pd.isna(v) else v for v in table["serving"]
+            ],
         }
     )
+    for key in COLUMNS[COLUMNS.index("eager_ms_b1") : COLUMNS.index("latency_threads")]:
+        shown[_HEADERS[key]] = [_fmt(v, ".1f") for v in table[key]]
+    shown[_HEADERS["latency_threads"]] = [_fmt(v, ".0f") for v in table["latency_threads"]]
     for key in extra:
         shown[key] = [_fmt(v, ".4g") for v in table[key]]
     # tabulate would right-align "-" oddly in numeric-looking columns; everything is text here.

@@ -1,7 +1,8 @@
-"""ONNX export (dynamic batch, inference metadata), ONNX Runtime parity and latency.
+"""ONNX export (dynamic batch, inference metadata), int8 quantization with its accuracy gate,
+ONNX Runtime parity and latency.
 
-The `onnx_<name>` assets call `export_bundle` (export, parity, latency); `onnx_parity` calls
-`check_bundle_parity`.
+The `onnx_<name>` assets call `export_bundle` (export, parity, int8 and its gate, latency);
+`onnx_parity` calls `check_bundle_parity`. int8: `food_assets.ml.export.quantize`.
 """
 
 from food_assets.ml.export.bundle_export import ExportResult, check_bundle_parity, export_bundle

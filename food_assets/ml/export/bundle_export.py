@@ -1,8 +1,11 @@
-"""`export_bundle`: a trained-model bundle in, a verified ONNX file (parity, latency) out.
+"""`export_bundle`: a trained-model bundle in, verified ONNX files (parity, int8 gate, latency)
+out.
 
 This is the one function the `onnx_<name>` assets call: export with the evaluation's
-temperature, check parity on real validation images reading the file as a user would, and
-measure CPU latency. `check_bundle_parity` is also what the `onnx_parity` check runs.
+temperature, check parity on real validation images reading the file as a user would, quantize
+to int8 (calibrated on validation images) and gate it on the test split, and measure eager, ONNX
+Runtime fp32 and int8 CPU latency in one process. `check_bundle_parity` is also what the
+`onnx_parity` check runs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError
 
 # The module, not its functions: callers (and tests) may substitute `onnx_export.export_onnx`.
-from food_assets.ml.export import onnx_export
-from food_assets.ml.export.latency import measure_latency
+from food_assets.ml.export import onnx_export, quantize
+from food_assets.ml.export.latency import ORT_FP32, ORT_INT8, measure_latency, median_ms
 from food_assets.ml.export.onnx_export import PARITY_ATOL, ParityReport
+from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models.bundle import ModelCard, load_bundle
+from food_assets.ml.quality import CheckOutcome
+
+#: The int8 gate's defaults (`QualityGates.int8_min_agreement` / `int8_max_drop_points`).
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_DROP_POINTS = 0.5
 
 #: Timed calls per batch size (batch 32 takes 32x longer than batch 1, so fewer of them).
 LATENCY_REPEATS: Mapping[int, int] = {1: 10, 32: 2}
@@ -43,6 +52,9 @@ class ExportResult:
         parity_path: the parity report as JSON.
         latency: `measure_latency` rows; None when latency was not measured.
         latency_path: those rows as JSON; None when latency was not measured.
+        int8_path: the int8 export; None when int8 is off.
+        int8: its record (quantization, gate, latency; `quantize_onnx`), as in its metadata.
+        int8_gate: the int8 accuracy gate's outcome; None when int8 is off.
     """
 
     path: Path
@@ -51,6 +63,9 @@ class ExportResult:
     parity_path: Path
     latency: pd.DataFrame | None = None
     latency_path: Path | None = None
+    int8_path: Path | None = None
+    int8: dict | None = None
+    int8_gate: CheckOutcome | None = None
 
 
 def parity_images(splits: SplitManifest, preprocess: Preprocess, n: int) -> torch.Tensor:
@@ -95,37 +110,61 @@ def export_bundle(
     latency_repeats: Mapping[int, int] = LATENCY_REPEATS,
     latency_warmup: Mapping[int, int] = LATENCY_WARMUP,
     name: str | None = None,
+    int8: QuantizeConfig | None = None,
+    int8_record_path: Path | None = None,
+    int8_min_agreement: float = INT8_MIN_AGREEMENT,
+    int8_max_drop_points: float = INT8_MAX_DROP_POINTS,
 ) -> ExportResult:
-    """Export the bundle to ONNX, check parity, and measure eager vs ONNX Runtime latency.
+    """Export the bundle to ONNX, check parity, quantize to int8 and gate it, and measure eager
+    vs ONNX Runtime (fp32, int8) latency.
 
     Args:
         bundle_dir: a trained-model bundle (it stays as trained: nothing is written into it).
-        splits: the split manifest whose val images the parity check runs on.
-        path: the `.onnx` file to write (atomically).
+        splits: the split manifest: parity and calibration run on val, the int8 gate on test.
+        path: the `.onnx` file to write (atomically); the int8 one is `quantize.int8_path(path)`.
         temperature: embedded in the file's metadata (the evaluation's calibration).
         parity_path: where the parity report goes (JSON).
-        latency_path: where the latency rows go (JSON); None skips the measurement.
+        latency_path: where the latency rows go (JSON); None skips the measurement (then an
+            int8 export is never "measured faster", so precision `auto` serves fp32).
         opset: ONNX opset; None takes the exporter's default.
         n_parity: validation images for the parity check.
         atol: parity tolerance on the largest absolute logit difference.
         latency_repeats: timed calls per batch size; its keys are the batch sizes timed.
         latency_warmup: untimed calls per batch size first.
         name: the latency rows' `model` column; default the card's name.
+        int8: how to quantize; None or `enabled=False` writes no int8 file (and removes a stale
+            one from an earlier export, so it can never be served next to a newer fp32 file).
+        int8_record_path: where the int8 record goes (JSON) besides the file's metadata.
+        int8_min_agreement, int8_max_drop_points: the int8 gate (`check_int8_gate`).
 
     Raises:
-        CheckpointError: unreadable bundle, a model that cannot be exported, or an export that
-            cannot be read back. A parity mismatch is not an error: see `ExportResult.parity`.
+        CheckpointError: unreadable bundle, a model that cannot be exported or quantized, or an
+            export that cannot be read back. A parity mismatch or a failed int8 gate is not an
+            error: see `ExportResult.parity` and `ExportResult.int8_gate`.
     """
     net, card = load_bundle(bundle_dir)
     card = dataclasses.replace(card, temperature=temperature)
     onnx_export.export_onnx(net, card, path, opset=opset)
     parity = check_bundle_parity(path, bundle_dir, splits, n_parity, atol)
     parity_path = write_json(parity_path, parity.to_dict())
+    target = quantize.int8_path(path)
+    proto = record = gate = None
+    if int8 is not None and int8.enabled:
+        proto, record, gate = _quantize_and_gate(
+            path, card, splits, int8, int8_min_agreement, int8_max_drop_points
+        )
+    else:  # a stale int8 file must not outlive the fp32 export it was made from
+        for stale in (target, int8_record_path):
+            if stale is not None:
+                Path(stale).unlink(missing_ok=True)
     latency = None
     if latency_path is not None:
+        sources: dict[str, Path | bytes] = {ORT_FP32: path}
+        if proto is not None:
+            sources[ORT_INT8] = proto.SerializeToString()
         latency = measure_latency(
             net,
-            path,
+            sources,
             card.preprocess.input_size,
             batch_sizes=tuple(latency_repeats),
             repeats=latency_repeats,
@@ -133,4 +172,62 @@ def export_bundle(
             name=name or card.name,
         )
         latency_path = write_json(latency_path, latency.to_dict(orient="records"))
-    return ExportResult(path, card, parity, parity_path, latency, latency_path)
+    int8_file = None
+    if proto is not None and record is not None:
+        record = {**record, "gate": quantize.gate_record(gate), "latency": _int8_latency(latency)}
+        int8_file = quantize.save_int8(quantize.stamp_int8(proto, record), target)
+        if int8_record_path is not None:
+            size_mb = round(int8_file.stat().st_size / 2**20, 3)
+            write_json(int8_record_path, {**record, "size_mb": size_mb})
+    return ExportResult(
+        path, card, parity, parity_path, latency, latency_path, int8_file, record, gate
+    )
+
+
+def _quantize_and_gate(
+    path: Path,
+    card: ModelCard,
+    splits: SplitManifest,
+    config: QuantizeConfig,
+    min_agreement: float,
+    max_drop_points: float,
+) -> tuple[object, dict, CheckOutcome]:
+    """The int8 model (in memory: nothing is written before it has its gate), its record and
+    its gate's outcome."""
+    paths = quantize.calibration_paths(splits, config.calibration_images, config.seed)
+    reader = quantize.ImageCalibrationReader(
+        onnx_export.INPUT_NAME,
+        paths=paths,
+        preprocess=card.preprocess,
+        batch_size=quantize.calibration_batch_size(config),
+    )
+    split = "val" if not splits.frame("val").empty else "train"
+    proto, record = quantize.quantize_onnx(path, reader, config, calibration_split=split)
+    gate = quantize.evaluate_int8_gate(
+        path,
+        proto.SerializeToString(),
+        splits,
+        card.class_names,
+        card.preprocess,
+        min_agreement=min_agreement,
+        max_drop_points=max_drop_points,
+        n_images=config.gate_images,
+        seed=config.seed,
+    )
+    return proto, record, gate
+
+
+def _int8_latency(latency: pd.DataFrame | None) -> dict | None:
+    """ORT fp32 and int8 medians per batch size, as the int8 record keeps them."""
+    if latency is None or latency.empty:
+        return None
+    out: dict = {"threads": int(latency["threads"].iloc[0]), "by_batch": {}}
+    for batch in sorted(set(latency["batch"])):
+        fp32, q = median_ms(latency, ORT_FP32, batch), median_ms(latency, ORT_INT8, batch)
+        if fp32 is not None and q is not None:
+            out["by_batch"][str(int(batch))] = {
+                "fp32_ms": fp32,
+                "int8_ms": q,
+                "int8_over_fp32": q / fp32,
+            }
+    return out

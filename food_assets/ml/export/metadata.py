@@ -31,6 +31,10 @@ K_PREPROCESS = "food_assets.preprocess"
 K_TEMPERATURE = "food_assets.temperature"
 K_GRAPH_SHA = "food_assets.graph_sha256"
 REQUIRED_KEYS = (K_VERSION, K_MODEL, K_CLASSES, K_PREPROCESS, K_TEMPERATURE, K_GRAPH_SHA)
+# Optional keys (a file without them is an fp32 export, as every export was before int8)
+K_PRECISION = "food_assets.precision"
+K_INT8 = "food_assets.int8"
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -41,17 +45,26 @@ class OnnxMetadata:
     class_names: tuple[str, ...]
     preprocess: Preprocess
     temperature: float = 1.0
+    #: `fp32` (an `export_onnx` file) or `int8` (`quantize_onnx`'s).
+    precision: str = "fp32"
+    #: int8 only: how it was quantized, the fp32 graph it came from, its accuracy gate and
+    #: measured latency (`food_assets.ml.export.quantize.Int8Record.to_dict`).
+    int8: dict[str, Any] | None = None
 
     def to_props(self) -> dict[str, str]:
         """`metadata_props` entries (all strings, as ONNX requires); the graph hash is added
         by the exporter."""
-        return {
+        props = {
             K_VERSION: str(METADATA_VERSION),
             K_MODEL: self.model_name,
             K_CLASSES: json.dumps(list(self.class_names)),
             K_PREPROCESS: json.dumps(self.preprocess.to_dict(), sort_keys=True),
             K_TEMPERATURE: repr(float(self.temperature)),
+            K_PRECISION: self.precision,
         }
+        if self.int8 is not None:
+            props[K_INT8] = json.dumps(self.int8, sort_keys=True)
+        return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetadata:
@@ -83,7 +96,13 @@ class OnnxMetadata:
             raise bad(f"temperature {props[K_TEMPERATURE]!r} is not a number") from None
         if not (math.isfinite(temperature) and temperature > 0):
             raise bad(f"temperature must be a positive number (got {temperature})")
-        return cls(name, tuple(names), pre, temperature)
+        precision = props.get(K_PRECISION, "fp32")
+        if precision not in PRECISIONS:
+            raise bad(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        int8 = _json(props[K_INT8], bad, "int8") if K_INT8 in props else None
+        if (int8 is None) != (precision == "fp32") or not isinstance(int8, dict | None):
+            raise bad("an int8 file carries its int8 record (a JSON object), an fp32 file none")
+        return cls(name, tuple(names), pre, temperature, precision, int8)
 
 
 def _json(text: str, bad: Any, what: str) -> Any:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from food_assets.ml.data.images import IMAGE_EXTENSIONS, ImageDecodeError
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
-from food_assets.ml.errors import CheckpointError, DataSourceError
+from food_assets.ml.errors import CheckpointError, ConfigError, DataSourceError
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,14 @@ class Predictor:
 
 
 class OnnxPredictor(Predictor):
-    """Runs an exported `.onnx` file with ONNX Runtime; validates it first (`load_onnx`)."""
+    """Runs an exported `.onnx` file with ONNX Runtime; validates it first (`load_onnx`).
+
+    An int8 file that did not pass its accuracy gate is refused (`serving.int8_status`).
+
+    Attributes:
+        precision: `fp32` or `int8`, from the file's metadata.
+        choice: the `serving.ExportChoice` that picked this file (`load_predictor` sets it).
+    """
 
     def __init__(
         self,
@@ -137,9 +144,19 @@ class OnnxPredictor(Predictor):
         providers: list[str] | None = None,
     ) -> None:
         from food_assets.ml.export.onnx_export import create_session, load_onnx
+        from food_assets.ml.inference.serving import ExportChoice, int8_status
 
         self.path = Path(path)
         data, meta = load_onnx(self.path)
+        self.precision = meta.precision
+        if meta.precision == "int8":
+            ok, why = int8_status(meta.int8, None)
+            if not ok:  # the last line of defence: a failed int8 file is never served
+                raise ConfigError(
+                    f"{self.path} is an int8 export that cannot be served: {why}. Serve the "
+                    "fp32 export beside it (--precision fp32), or re-materialize onnx_<name>"
+                )
+        self.choice = ExportChoice(self.path, meta.precision, f"{meta.precision} file given")
         self._setup(meta.model_name, meta.class_names, meta.preprocess, meta.temperature)
         self._session = create_session(data, threads=threads, providers=providers)
         self._input = self._session.get_inputs()[0].name
@@ -180,25 +197,51 @@ class TorchPredictor(Predictor):
         return out
 
 
-def load_predictor(path: str | os.PathLike[str], **kwargs) -> Predictor:
-    """An `OnnxPredictor` for a `.onnx` file, a `TorchPredictor` for a bundle folder.
+def load_predictor(path: str | os.PathLike[str], *, precision: str = "auto", **kwargs) -> Predictor:
+    """An `OnnxPredictor` for a `.onnx` file or an `onnx_<name>` folder, a `TorchPredictor` for
+    a bundle folder.
 
-    A folder without `card.json` but with exactly one `.onnx` file (an `onnx_<name>` asset's
-    output folder) loads that file.
+    For ONNX, `precision` picks the fp32 export or its int8 twin (`serving.choose_export`:
+    `auto` serves int8 only when it passed its accuracy gate and was measured faster); the
+    predictor's `choice` says which and why. A bundle is fp32 PyTorch: `int8` is refused there.
+
+    Raises:
+        ConfigError: a precision that is unknown or cannot be served from `path`.
+        CheckpointError: `path` is none of the above, or unreadable.
     """
+    from food_assets.ml.inference.serving import check_precision, choose_export
+
+    check_precision(precision)
     path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        return OnnxPredictor(path, **kwargs)
-    if path.is_dir():
-        if (path / "card.json").is_file():
-            return TorchPredictor(path, **kwargs)
-        exports = sorted(p for p in path.glob("*.onnx") if not p.name.startswith("."))
-        if len(exports) == 1:
-            return OnnxPredictor(exports[0], **kwargs)
+    if (path.is_file() and path.suffix.lower() == ".onnx") or _is_export_folder(path):
+        choice = choose_export(path, precision)
+        predictor = OnnxPredictor(choice.path, **kwargs)
+        predictor.choice = choice
+        return predictor
+    if path.is_dir() and (path / "card.json").is_file():
+        if precision == "int8":
+            raise ConfigError(
+                f"{path} is a PyTorch bundle (fp32); int8 needs its ONNX export: materialize "
+                "onnx_<name> and point at it, or use --precision auto"
+            )
+        return TorchPredictor(path, **kwargs)
     raise CheckpointError(
         f"{path} is neither an .onnx file nor a model bundle folder (with card.json); point at "
         "the output of a model_<name> or onnx_<name> asset"
     )
+
+
+def _is_export_folder(path: Path) -> bool:
+    """An `onnx_<name>` folder: no card.json, exactly one fp32 `.onnx` file (and its int8 twin,
+    if any), or an int8 file alone."""
+    from food_assets.ml.export.quantize import INT8_SUFFIX
+
+    if not path.is_dir() or (path / "card.json").is_file():
+        return False
+    files = [p for p in path.glob("*.onnx") if not p.name.startswith(".")]
+    n_int8 = sum(p.stem.endswith(INT8_SUFFIX) for p in files)
+    n_fp32 = len(files) - n_int8
+    return n_fp32 == 1 or (n_fp32 == 0 and n_int8 == 1)
 
 
 def iter_image_files(
