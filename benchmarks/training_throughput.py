@@ -14,6 +14,18 @@ checkpoint writes are a fixed cost per epoch, not per image, and are not counted
     .venv/bin/python benchmarks/training_throughput.py                 # CPU defaults, < 2 min
     .venv/bin/python benchmarks/training_throughput.py --model efficientnet_lite0 --batch 64 \\
         --steps 50 --image-size 224 --accelerator gpu --precision 16-mixed
+
+`--bf16` measures something else: bf16-mixed against fp32 training on the CPU (issue #14;
+`precision: auto` picks bf16-mixed on CPUs with AVX-512 BF16 or AMX). For each model, two
+copies of one initialisation train on the same in-memory batches, one step each in turn, fp32
+and under `torch.autocast("cpu", torch.bfloat16)` (what Lightning's `bf16-mixed` runs); images/s
+from the median step, CPU seconds per step from `time.process_time` (less sensitive to other
+work on a shared machine than wall time), first steps left out as warm-up. Target: bf16 / fp32
+>= 1.3 for ResNet-50 and EfficientNet-B0 at 96 px. `--channels-last` runs both sides in NHWC.
+
+    .venv/bin/python benchmarks/training_throughput.py --bf16                  # ~5 min on 2 cores
+    .venv/bin/python benchmarks/training_throughput.py --bf16 --channels-last
+    .venv/bin/python benchmarks/training_throughput.py --bf16 --quick          # dry run, seconds
 """
 
 from __future__ import annotations
@@ -21,11 +33,16 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
-import tempfile
-import time
-import warnings
-from pathlib import Path
+
+# As food_assets/__init__.py does (ADR 0003), before torch loads: busy-waiting OpenMP threads
+# distort step times on shared cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import lightning.pytorch as pl
 import torch
@@ -135,7 +152,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--accelerator", default="cpu", help="cpu | gpu | auto")
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16-mixed vs fp32 on the CPU, --models at 96 px"
+    )
+    parser.add_argument("--models", default="resnet50,efficientnet_b0", help="with --bf16")
+    parser.add_argument("--channels-last", action="store_true", help="with --bf16: NHWC")
+    parser.add_argument(
+        "--quick", action="store_true", help="with --bf16: custom_cnn, 32 px, 3 steps (dry run)"
+    )
     args = parser.parse_args()
+    if args.bf16:
+        compare_bf16(args)
+        return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from food_assets.ml.models.registry import create_model
@@ -206,6 +234,63 @@ def main() -> None:
         f"ratio (train_model / bare): {light_ips / bare_ips:.3f} of medians, "
         f"{pair_ratio:.3f} median of paired steps   (target >= 0.9)"
     )
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, *, bf16: bool) -> float:
+    """One AdamW step, fp32 or under CPU bf16 autocast; the CPU seconds it took."""
+    start = time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.process_time() - start
+
+
+def compare_bf16(args: argparse.Namespace) -> None:
+    """bf16-mixed vs fp32 training steps on the CPU, same model, data and run (see the
+    module docstring)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from food_assets.ml.models.registry import create_model
+    from food_assets.ml.training.precision import cpu_has_bf16
+
+    models = ["custom_cnn"] if args.quick else args.models.split(",")
+    size = 32 if args.quick else 96
+    steps, warmup = (3, 1) if args.quick else (12, 2)
+    batch = 8 if args.quick else args.batch
+    print(
+        f"bf16 vs fp32 training on the CPU: batch={batch} size={size} steps={steps} "
+        f"(first {warmup} left out) channels_last={args.channels_last} "
+        f"cpu_bf16={cpu_has_bf16()} torch_threads={torch.get_num_threads()}"
+    )
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    data = make_data(batch * 2, size, args.num_classes)
+    batches = [(x.contiguous(memory_format=fmt), y) for x, y in DataLoader(data, batch_size=batch)]
+    for name in models:
+        pl.seed_everything(0, verbose=False)
+        template = create_model(name, num_classes=args.num_classes, weights="none")
+        sides = {}
+        for label in ("fp32", "bf16"):
+            model = copy.deepcopy(template).to(memory_format=fmt).train()
+            sides[label] = (model, torch.optim.AdamW(model.parameters(), lr=args.lr))
+        cpu: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        wall: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for step in range(steps):
+            x, y = batches[step % len(batches)]
+            for label, (model, opt) in sides.items():  # alternate: load hits both alike
+                t0 = time.perf_counter()
+                seconds = _train_step(model, opt, x, y, bf16=label == "bf16")
+                if step >= warmup:
+                    cpu[label].append(seconds)
+                    wall[label].append(time.perf_counter() - t0)
+        ips = {k: batch / statistics.median(v) for k, v in wall.items()}
+        cpu_s = {k: statistics.median(v) for k, v in cpu.items()}
+        print(
+            f"{name:16s} fp32 {ips['fp32']:7.1f} img/s ({cpu_s['fp32']:.3f} CPU s/step)   "
+            f"bf16 {ips['bf16']:7.1f} img/s ({cpu_s['bf16']:.3f} CPU s/step)   "
+            f"bf16/fp32: {ips['bf16'] / ips['fp32']:.2f}x wall, "
+            f"{cpu_s['fp32'] / cpu_s['bf16']:.2f}x CPU   (target >= 1.3)"
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -121,3 +123,103 @@ def open_image(
 def is_image_candidate(path: Path) -> bool:
     """Files the scanner looks at: not hidden, not under a hidden folder."""
     return not any(part.startswith(".") for part in path.parts)
+
+
+#: Default byte budget of the process-wide decode cache; FOOD_ASSETS_DECODE_CACHE_MB overrides
+#: it (0 turns the cache off). The sample (400 images at 128 px) needs 20 MB; Food-101's train
+#: split (75,750 photos at about 512x384) would need 44 GB, so datasets like it never use it.
+DEFAULT_DECODE_CACHE_MB = 512
+
+
+class DecodeCache:
+    """Decoded images kept for the rest of the process, up to a byte budget.
+
+    Training decodes the same files every epoch, and in one Dagster run every model trains and
+    evaluates on the same split: each file is decoded once and its 8-bit RGB image (before any
+    random augmentation) reused. Keys are the path with its size and mtime, so a file rewritten
+    on disk is decoded again. New images are admitted until the budget is spent and nothing is
+    evicted: a dataset streamed in epochs gains nothing from LRU once it is over the budget,
+    so `ManifestDataset` only uses the cache for a dataset that fits (docs/adr/0014).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = int(budget_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[tuple[str, int, int], tuple[Any, int | None]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # the decoder raises the clear error
+        return (str(path), st.st_size, st.st_mtime_ns)
+
+    def get(self, key: tuple[str, int, int] | None, draft_size: int) -> Any | None:
+        """The cached image if it is what a decode with `draft_size` would give, else None.
+
+        An image decoded in full serves every caller whose draft would not have applied (its
+        shorter side is under twice the caller's `draft_size`); a draft-decoded one only
+        callers with the same `draft_size`.
+        """
+        entry = self._entries.get(key) if key is not None else None
+        if entry is not None:
+            image, drafted = entry
+            if drafted == draft_size or (drafted is None and _short_side(image) < 2 * draft_size):
+                self.hits += 1
+                return image
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple[str, int, int] | None, image: Any, drafted: int | None) -> bool:
+        """Keep `image` (decoded with draft `drafted`, None: in full) if the budget allows."""
+        size = _image_bytes(image)
+        with self._lock:
+            if key is None or key in self._entries or self.nbytes + size > self.budget_bytes:
+                return False
+            self._entries[key] = (image, drafted)
+            self.nbytes += size
+            return True
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether `nbytes` more would fit in what is left of the budget."""
+        return self.nbytes + nbytes <= self.budget_bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _short_side(image: Any) -> int:
+    return min(image.size) if isinstance(image, Image.Image) else min(image.shape[-2:])
+
+
+def _image_bytes(image: Any) -> int:
+    if isinstance(image, Image.Image):
+        return image.width * image.height * len(image.getbands())
+    return image.numel() * image.element_size()
+
+
+def _budget_from_env() -> int:
+    text = os.environ.get("FOOD_ASSETS_DECODE_CACHE_MB", "").strip()
+    try:
+        mb = float(text) if text else DEFAULT_DECODE_CACHE_MB
+    except ValueError:
+        warnings.warn(
+            f"FOOD_ASSETS_DECODE_CACHE_MB={text!r} is not a number of megabytes: using "
+            f"{DEFAULT_DECODE_CACHE_MB}",
+            stacklevel=2,
+        )
+        mb = DEFAULT_DECODE_CACHE_MB
+    return int(max(mb, 0) * 2**20)
+
+
+#: The process-wide cache `ManifestDataset` uses (training, evaluation and Grad-CAM share it).
+DECODE_CACHE = DecodeCache(_budget_from_env())

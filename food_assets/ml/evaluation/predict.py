@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from food_assets.ml.data.dataset import ManifestDataset
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import ConfigError
+from food_assets.ml.training.precision import eval_autocast, resolve_eval_precision
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ def predict_logits(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> Predictions:
     """Logits of `model` on every manifest row, with the evaluation transform.
 
-    The model is moved to `device` and run in eval mode under `torch.inference_mode`; its
-    previous train/eval mode is restored afterwards. Rows keep manifest order (no shuffling)
+    The model is moved to `device` and run in eval mode under `torch.inference_mode` (and
+    bf16 autocast when `precision` resolves to bf16); its previous train/eval mode is restored
+    afterwards. Rows keep manifest order (no shuffling)
     and the eval transform is deterministic, so the result depends only on the model and data.
 
     Args:
@@ -78,24 +81,28 @@ def predict_logits(
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes (0 decodes in this process).
         device: where the forward pass runs.
+        precision: `fp32`, `bf16` (autocast; the logits come back as float32) or `auto` (bf16
+            where the device computes it natively: `ml/training/precision.py`).
 
     Raises:
-        ConfigError: empty frame, bad batch size, or a model whose output is not 2-D.
+        ConfigError: empty frame, bad batch size or precision, or a model whose output is not
+            2-D.
     """
     if len(frame) == 0:
         raise ConfigError("the split has no rows to predict on; check the split manifest")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    precision = resolve_eval_precision(precision, device)
     dataset = ManifestDataset(frame, preprocess, train=False)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False
     )
-    device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
     chunks: list[np.ndarray] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_autocast(precision, device):
             for images, _ in loader:
                 out = model(images.to(device))
                 if out.ndim != 2:
