@@ -135,3 +135,39 @@ def test_bad_config_values_are_named(resources):
     # Unknown keys and wrong types are refused before anything runs.
     with pytest.raises(dg.DagsterInvalidConfigError, match="colour"):
         _run(resources, {"food_images_raw": {"config": {"colour": "red"}}})
+
+
+@pytest.mark.slow
+def test_a_food101_shaped_tree_of_2000_images_through_the_data_assets(tmp_path, resources):
+    """A generated Food-101-shaped tree (20 classes x 100 JPEGs, torchvision's layout) through
+    a real materialization of `food_images_raw` and `food_splits` with `source: food101`: every
+    file scanned with its header size, the official test split kept (25 per class), val carved
+    from the official train rows (15 %), every data check passing.
+
+    Breakage caught: the food101 listing reading one split only (1,500 or 500 images), the
+    official test split not kept (about 15 % of each class instead of 25 %), the scan's reduced
+    JPEG decode leaking into the manifest sizes (12x9 for 96x72 files).
+    """
+    from food_assets.ml.data.synthetic_food101 import make_food101_like
+
+    make_food101_like(tmp_path / "f101", classes=20, per_class=100, image_size=(96, 72))
+    config = {
+        "food_images_raw": {
+            "config": {"source": "food101", "root": str(tmp_path / "f101"), "scan_workers": 2}
+        }
+    }
+    result = _run(resources, config)
+    assert result.success and _checks(result) == dict.fromkeys(DATA_CHECKS, True)
+    raw = result.output_for_node("food_images_raw")
+    assert (raw.num_images, raw.num_quarantined) == (2000, 0)
+    manifest = raw.manifest()
+    sizes = set(zip(manifest["width"], manifest["height"], strict=True))
+    assert sizes == {(96, 72), (72, 96), (96, 96)}
+    frame = result.output_for_node("food_splits").frame()
+    counts = frame.groupby(["label", "split"]).size().unstack()
+    assert len(counts) == 20
+    assert (counts["test"] == 25).all() and (counts["val"] == 11).all()
+    assert (counts["train"] == 64).all()
+    official = (tmp_path / "f101" / "food-101" / "meta" / "test.txt").read_text().split()
+    test_ids = frame.loc[frame["split"] == "test", "path"].map(lambda p: Path(p).stem)
+    assert set(test_ids) == {line.split("/")[1] for line in official}

@@ -251,6 +251,122 @@ def test_compute_cams_vit_with_reshape() -> None:
     assert not layer._forward_hooks
 
 
+class InplaceNet(nn.Module):
+    """A conv whose output an in-place ReLU overwrites: the target layer of the next test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(self.stem(x))).mean(dim=(2, 3)))
+
+
+def _library_cams(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets) -> np.ndarray:
+    """The grad-cam library on its own: a full backward from the logit to the input."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = GradCAM(model=model, target_layers=[layer])
+    try:
+        x = x.clone().requires_grad_(True)
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    finally:
+        cam.activations_and_grads.release()
+
+
+def test_gradient_stop_gives_the_full_backward_cams() -> None:
+    """CAMs with the backward stopped at the target layer (ADR 0015) equal the library's full
+    backward; nothing before the layer records a graph; the parameters' requires_grad flags come
+    back as they were (a frozen stem stays frozen, the rest trainable); an in-place op on the
+    layer's output works.
+
+    Breakage caught: the leaf not cloned (the in-place ReLU fails on a leaf); the flags not
+    restored; the parameters left trainable during the pass (the stem's output requires grad,
+    so the whole backbone's graph is kept); the hook removed (no gradient reaches the layer).
+    """
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 96, 96)  # 96 px: the CNN's last map is 3x3, not a blank 1x1
+    for model, layer_name in ((InplaceNet(), "conv"), (_custom_cnn(), "head")):
+        model.eval()
+        first = next(model.parameters())
+        first.requires_grad_(False)
+        flags = [p.requires_grad for p in model.parameters()]
+        layer = resolve_cam_layer(model, layer_name)
+        with torch.no_grad():
+            targets = ((model(x).argmax(1) + 1) % 3).tolist()  # not the predicted class
+        expected = _library_cams(model, layer, x, targets)
+        graph: list[bool] = []
+        stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        hook = stem.register_forward_hook(
+            lambda _m, _a, out, seen=graph: seen.append(out.requires_grad)
+        )
+        try:
+            cams = compute_cams(model, layer, x, targets, batch_size=2)
+        finally:
+            hook.remove()
+        np.testing.assert_allclose(cams, expected, atol=1e-5)
+        assert cams.max() > 0.99  # not blank maps that would match trivially
+        assert graph == [False, False]  # two batches, neither recorded a graph at the stem
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert not layer._forward_hooks
+
+
+def _custom_cnn() -> nn.Module:
+    if "custom_cnn" not in list_models():
+        pytest.skip("registry entry custom_cnn not available")
+    model = create_model("custom_cnn", num_classes=3, weights="none")
+    return spread_logits(model, 96, seed=0)
+
+
+def test_gradcam_report_streams_cams_in_batches(square_frame, tmp_path, monkeypatch) -> None:
+    """The CAM pass decodes, explains and scores `batch_size` images at a time and drops each
+    batch before the next (ADR 0015), and batching changes no figure and no tile.
+
+    Breakage caught: all needed images stacked and explained in one call (the pass before
+    streaming: one call of 23 images); a batch's inputs kept alive after it (its tensor is still
+    referenced when the next batch comes); a sanity figure that depends on the batch size.
+    """
+    import gc
+    import weakref
+
+    from food_assets.ml.explain import report
+
+    calls: list[int] = []
+    seen: list[weakref.ref] = []  # every batch's input tensor
+    still_alive: list[int] = []  # at each call: how many earlier batches are still referenced
+    real = report.compute_cams
+
+    def spy(model, layer, images, *args, **kwargs):
+        gc.collect()
+        still_alive.append(sum(r() is not None for r in seen))
+        calls.append(len(images))
+        seen.append(weakref.ref(images))
+        return real(model, layer, images, *args, **kwargs)
+
+    card = ModelCard(name="squarenet", class_names=CLASSES, preprocess=PRE, temperature=2.0)
+    kw = dict(n_per_gallery=3, per_class=2, n_sanity=64, seed=0)
+    one = build_gradcam_report(
+        SquareNet(), card, "features", None, square_frame, tmp_path / "one", batch_size=64, **kw
+    )
+    monkeypatch.setattr(report, "compute_cams", spy)
+    streamed = build_gradcam_report(
+        SquareNet(), card, "features", None, square_frame, tmp_path / "s", batch_size=4, **kw
+    )
+    assert calls == [4, 4, 4, 4, 4, 3]  # 23 images: sanity covers the whole frame
+    assert still_alive == [0] * len(calls), "a previous batch's inputs are still referenced"
+    for key, value in one.metrics.items():
+        assert streamed.metrics[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    pd.testing.assert_frame_equal(one.tiles, streamed.tiles)
+    for name, path in one.galleries.items():
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(path)), np.asarray(Image.open(streamed.galleries[name]))
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Galleries
 

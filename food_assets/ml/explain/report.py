@@ -10,8 +10,9 @@ CAMs, and sanity figures that say whether the CAMs are about the object.
     gradcam.json   metrics, gallery files, settings
 
 Its steps, one function each: sample and predict the pool and pick the gallery and sanity images
-(`sampling.py`), one CAM pass over all of them (`_cam_pass`), the sanity figures
-(`_sanity_metrics`), then the files (`_write_report`).
+(`sampling.py`), one CAM pass over them that streams in batches and keeps only the gallery tiles
+and per-image sanity figures (`_cam_pass`), the sanity summary (`_sanity_metrics`), then the
+files (`_write_report`). Memory is bounded by the galleries' size, not by the pool or the split.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from food_assets.ml.explain.sampling import (
     sample_pool,
 )
 from food_assets.ml.explain.sanity import (
-    deletion_test,
+    deletion_drops,
+    deletion_summary,
     map_box_to_input,
     pointing_baseline,
-    pointing_game,
+    pointing_hits,
     random_pointing_game,
 )
 from food_assets.ml.models.bundle import ModelCard
@@ -121,12 +123,14 @@ class GradcamResult:
 
 @dataclass
 class _CamPass:
-    """The one CAM pass: model inputs, their CAMs and RGB images, by pool row (`pos[row]`)."""
+    """What the streamed CAM pass keeps: the gallery tiles by pool row, and per sanity image its
+    pointing hit and deletion drops (in sanity order). Nothing else of a batch outlives it."""
 
-    images: torch.Tensor  # (N, 3, H, W) normalised
-    cams: np.ndarray  # (N, H, W) in [0, 1]
-    rgb: np.ndarray  # (N, H, W, 3) in [0, 1]
-    pos: dict[int, int]
+    rgb: dict[int, np.ndarray] = field(default_factory=dict)  # (H, W, 3) in [0, 1]
+    cams: dict[int, np.ndarray] = field(default_factory=dict)  # (H, W) in [0, 1]
+    hits: list[np.ndarray] = field(default_factory=list)
+    drops_cam: list[np.ndarray] = field(default_factory=list)
+    drops_random: list[np.ndarray] = field(default_factory=list)
 
 
 def build_gradcam_report(
@@ -175,9 +179,9 @@ def build_gradcam_report(
             pool, rng, n_per_gallery=opts.n_per_gallery, classes=opts.classes,
             n_classes=opts.n_classes, per_class=opts.per_class, n_sanity=opts.n_sanity,
         )  # fmt: skip
-        needed = sorted(set().union(*picks.values(), sanity_idx.tolist()))
-        cp = _cam_pass(model, layer, cam_reshape, pipeline, pool, needed, card.preprocess, opts)
-        metrics = _sanity_metrics(model, card, frame, cp, pool, sanity_idx, opts)
+        boxes = _input_boxes(frame, sanity_idx, card.preprocess)
+        cp = _cam_pass(model, layer, cam_reshape, card, pool, picks, (sanity_idx, boxes), opts)
+        metrics = _sanity_metrics(cp, boxes, card.preprocess.input_size, opts.seed)
     finally:
         model.train(was_training)
     metrics["gradcam/accuracy_pool"] = float(pool["correct"].mean())
@@ -193,34 +197,52 @@ def _cam_pass(
     model: nn.Module,
     layer: nn.Module,
     cam_reshape: Callable | None,
-    pipeline: ImagePipeline,
+    card: ModelCard,
     pool: pd.DataFrame,
-    needed: list[int],
-    pre: Preprocess,
+    picks: dict[str, list[int]],
+    sanity_rows: tuple[np.ndarray, np.ndarray],
     opts: GradcamOptions,
 ) -> _CamPass:
-    """One CAM pass over every pool row any part of the report needs (`needed`)."""
-    paths = pool["path"].tolist()
-    images = torch.stack([pipeline(paths[i]) for i in needed])
-    targets = pool["pred_idx"].to_numpy()[needed].tolist()
-    cams = compute_cams(model, layer, images, targets, cam_reshape, batch_size=opts.batch_size)
-    rgb = denormalize(images, pre).permute(0, 2, 3, 1).numpy().astype(np.float32)
-    return _CamPass(images, cams, rgb, {i: k for k, i in enumerate(needed)})
+    """One CAM pass over every pool row a gallery shows or the sanity figures use, streamed:
+    `opts.batch_size` images are decoded, explained and scored, and only the gallery tiles and
+    the per-image sanity figures are kept before the next batch (ADR 0015).
+
+    `sanity_rows`: the sanity sample's pool rows and their boxes in input coords (NaN: none).
+    """
+    pipeline = ImagePipeline(card.preprocess, train=False)
+    sanity_idx, boxes = sanity_rows
+    gallery = set().union(*picks.values())
+    sanity = {int(i): k for k, i in enumerate(sanity_idx)}  # pool row -> row of `boxes`
+    needed = sorted(gallery | sanity.keys())
+    paths, pred = pool["path"].tolist(), pool["pred_idx"].to_numpy()
+    rng = np.random.default_rng(opts.seed)  # the deletion test's shifts, drawn image by image
+    cp = _CamPass()
+    for start in range(0, len(needed), opts.batch_size):
+        rows = needed[start : start + opts.batch_size]
+        images = torch.stack([pipeline(paths[i]) for i in rows])
+        targets = pred[rows].tolist()
+        cams = compute_cams(model, layer, images, targets, cam_reshape, batch_size=len(rows))
+        shown = [k for k, i in enumerate(rows) if i in gallery]
+        if shown:
+            rgb = denormalize(images[shown], card.preprocess).permute(0, 2, 3, 1).numpy()
+            for j, k in enumerate(shown):
+                cp.rgb[rows[k]] = rgb[j].astype(np.float32)
+                cp.cams[rows[k]] = cams[k].copy()
+        sel = [k for k, i in enumerate(rows) if i in sanity]
+        if sel:
+            cp.hits.append(pointing_hits(cams[sel], boxes[[sanity[rows[k]] for k in sel]]))
+            dc, dr = deletion_drops(
+                model, images[sel], cams[sel], [targets[k] for k in sel], rng=rng,
+                fraction=opts.deletion_fraction, fill=opts.deletion_fill,
+                temperature=card.temperature, batch_size=opts.batch_size,
+            )  # fmt: skip
+            cp.drops_cam.append(dc)
+            cp.drops_random.append(dr)
+    return cp
 
 
-def _sanity_metrics(
-    model: nn.Module,
-    card: ModelCard,
-    frame: pd.DataFrame,
-    cp: _CamPass,
-    pool: pd.DataFrame,
-    sanity_idx: np.ndarray,
-    opts: GradcamOptions,
-) -> dict[str, float]:
-    pre = card.preprocess
-    sel = [cp.pos[int(i)] for i in sanity_idx]
-    cams = cp.cams[sel]
-    size = pre.input_size
+def _input_boxes(frame: pd.DataFrame, sanity_idx: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """The object box of each sanity row in model-input coords; NaN where there is none."""
     boxes = np.full((len(sanity_idx), 4), np.nan)
     if set(BOX_COLUMNS) <= set(frame.columns) and {"width", "height"} <= set(frame.columns):
         for k, i in enumerate(sanity_idx):
@@ -228,18 +250,21 @@ def _sanity_metrics(
             box = [row[c] for c in BOX_COLUMNS]
             if np.all(np.isfinite(np.asarray(box, dtype=float))):
                 boxes[k] = map_box_to_input(box, int(row["width"]), int(row["height"]), pre)
-    n_boxes = int(np.isfinite(boxes).all(axis=1).sum())
-    deletion = deletion_test(
-        model, cp.images[sel], cams, pool["pred_idx"].to_numpy()[sanity_idx].tolist(),
-        fraction=opts.deletion_fraction, fill=opts.deletion_fill, temperature=card.temperature,
-        seed=opts.seed, batch_size=opts.batch_size,
-    )  # fmt: skip
-    seed = opts.seed
+    return boxes
+
+
+def _sanity_metrics(cp: _CamPass, boxes: np.ndarray, size: int, seed: int) -> dict[str, float]:
+    hits = np.concatenate(cp.hits) if cp.hits else np.zeros(0)
+    hits = hits[~np.isnan(hits)]
+    deletion = deletion_summary(
+        np.concatenate(cp.drops_cam) if cp.drops_cam else np.zeros(0),
+        np.concatenate(cp.drops_random) if cp.drops_random else np.zeros(0),
+    )
     return {
-        "gradcam/pointing_game": pointing_game(cams, boxes),
+        "gradcam/pointing_game": float(hits.mean()) if len(hits) else float("nan"),
         "gradcam/pointing_random_expected": pointing_baseline(boxes, size, size),
         "gradcam/pointing_random_empirical": random_pointing_game(boxes, size, size, seed=seed),
-        "gradcam/pointing_n": float(n_boxes),
+        "gradcam/pointing_n": float(len(hits)),
         "gradcam/deletion_cam_drop": deletion["cam_drop"],
         "gradcam/deletion_random_drop": deletion["random_drop"],
         "gradcam/deletion_gap": deletion["gap"],
@@ -312,8 +337,8 @@ def _render(
     """Draw one gallery; return its rows of the tiles table (padding tiles have none)."""
     tiles = [
         GradcamTile(
-            image=cp.rgb[cp.pos[i]],
-            cam=cp.cams[cp.pos[i]],
+            image=cp.rgb[i],
+            cam=cp.cams[i],
             true_class=str(pool.at[i, "true_class"]),
             pred_class=str(pool.at[i, "pred_class"]),
             confidence=float(pool.at[i, "confidence"]),
@@ -326,7 +351,7 @@ def _render(
         tiles, padded = _rows_per_class(tiles, idx, chosen, cols)
     empty = f"no {name.replace('_', ' ')} predictions" if name != "per_class" else None
     render_gallery(tiles, png, columns=cols, title=empty)
-    h, w = cp.rgb.shape[1:3]
+    h, w = tiles[0].image.shape[:2] if tiles else (0, 0)
     rows = []
     for k, (i, box) in enumerate(zip(padded, tile_boxes(len(padded), w, h, cols), strict=True)):
         if i is None:  # padding in the per-class grid

@@ -50,15 +50,22 @@ def class_indices(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray
 
 
 @torch.no_grad()
-def _predict_probs(
+def _predict_top1(
     model: nn.Module, pipeline: ImagePipeline, paths: Sequence[str], temperature: float, bs: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class and its probability per path, a batch at a time.
+
+    Only these two numbers per image are kept: the pool's memory is a few bytes per scored image
+    whatever the class count, and no decoded batch outlives its forward pass.
+    """
     device = next(model.parameters()).device
-    out = []
+    pred, conf = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
     for start in range(0, len(paths), bs):
         x = torch.stack([pipeline(p) for p in paths[start : start + bs]]).to(device)
-        out.append((model(x).float() / temperature).softmax(dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+        top = (model(x).float() / temperature).softmax(dim=1).max(dim=1)
+        pred.append(top.indices.cpu().numpy().astype(np.int64))
+        conf.append(top.values.cpu().numpy().astype(np.float64))
+    return np.concatenate(pred), np.concatenate(conf)
 
 
 def predict_pool(
@@ -70,11 +77,16 @@ def predict_pool(
     probs: np.ndarray | None,
     batch_size: int,
 ) -> pd.DataFrame:
-    """One row per pool image: path, true and predicted class (index and name), confidence."""
+    """One row per pool image: path, true and predicted class (index and name), confidence.
+
+    `probs`: the pool's calibrated probabilities when the caller has them; None runs the model.
+    """
     paths = frame["path"].astype(str).tolist()
     if probs is None:
-        probs = _predict_probs(model, pipeline, paths, card.temperature, batch_size)
-    pred_idx = probs.argmax(axis=1)
+        pred_idx, confidence = _predict_top1(model, pipeline, paths, card.temperature, batch_size)
+    else:
+        pred_idx = probs.argmax(axis=1)
+        confidence = probs[np.arange(len(probs)), pred_idx].astype(float)
     names = np.asarray(card.class_names, dtype=object)
     pool = pd.DataFrame(
         {
@@ -83,7 +95,7 @@ def predict_pool(
             "true_class": names[true_idx],
             "pred_idx": pred_idx,
             "pred_class": names[pred_idx],
-            "confidence": probs[np.arange(len(probs)), pred_idx].astype(float),
+            "confidence": confidence,
         }
     )
     pool["correct"] = pool["true_idx"] == pool["pred_idx"]

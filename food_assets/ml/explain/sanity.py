@@ -83,6 +83,20 @@ def cam_peaks(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat // w, flat % w
 
 
+def pointing_hits(cams: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per image: 1.0 when the CAM peak lies inside the object box, 0.0 when not, NaN when the
+    box is NaN or empty. Image by image, so a caller can score CAMs a batch at a time."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) != len(cams):
+        raise ValueError(f"{len(cams)} CAMs but {len(boxes)} boxes")
+    hits = np.full(len(boxes), np.nan)
+    keep = _valid(boxes)
+    if keep.any():
+        ys, xs = cam_peaks(np.asarray(cams)[keep])
+        hits[keep] = _inside(ys, xs, boxes[keep])
+    return hits
+
+
 def pointing_game(cams: np.ndarray, boxes: np.ndarray) -> float:
     """Share of images whose CAM peak lies inside the object box.
 
@@ -94,14 +108,13 @@ def pointing_game(cams: np.ndarray, boxes: np.ndarray) -> float:
     Returns:
         Hit rate in [0, 1]; NaN when no image has a usable box.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if len(boxes) != len(cams):
-        raise ValueError(f"{len(cams)} CAMs but {len(boxes)} boxes")
-    keep = _valid(boxes)
-    if not keep.any():
-        return float("nan")
-    ys, xs = cam_peaks(np.asarray(cams)[keep])
-    return float(_inside(ys, xs, boxes[keep]).mean())
+    return _nanmean(pointing_hits(cams, boxes))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def pointing_baseline(boxes: np.ndarray, height: int, width: int) -> float:
@@ -159,9 +172,8 @@ def _fill(images: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown fill {how!r}; use 'mean' or 'blur'")
 
 
-def _shifted_masks(mask: np.ndarray, seed: int) -> np.ndarray:
+def _shifted_masks(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each mask moved by a random cyclic shift: same pixel count and shape, another place."""
-    rng = np.random.default_rng(seed)
     h, w = mask.shape[1:]
     return np.stack(
         [np.roll(m, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1)) for m in mask]
@@ -209,6 +221,57 @@ def _probability_drops(
 
 
 @torch.no_grad()
+def deletion_drops(
+    model: nn.Module,
+    images: torch.Tensor,
+    cams: np.ndarray,
+    targets: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    fraction: float = 0.2,
+    fill: str = "mean",
+    temperature: float = 1.0,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the target's probability drop with its top-CAM region hidden, and with the
+    same region moved by a random cyclic shift (drawn from `rng`, two integers per image).
+
+    Image by image: calling it on consecutive batches with one generator gives what one call on
+    all of them gives, so the Grad-CAM report can run it a batch at a time. See
+    `deletion_test` for the arguments.
+    """
+    n = len(images)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    if cams.shape[0] != n or cams.shape[1:] != tuple(images.shape[2:]):
+        raise ValueError(f"CAMs {cams.shape} do not match images {tuple(images.shape)}")
+    mask = top_fraction_mask(np.asarray(cams), fraction)
+    return _probability_drops(
+        model,
+        images,
+        (mask, _shifted_masks(mask, rng)),
+        targets,
+        fill=fill,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
+
+
+def deletion_summary(drops_cam: np.ndarray, drops_random: np.ndarray) -> dict[str, float]:
+    """`cam_drop`, `random_drop`, `gap`, `win_rate` and `n` of per-image drops (NaN when none)."""
+    dc, dr = np.asarray(drops_cam, dtype=np.float64), np.asarray(drops_random, dtype=np.float64)
+    if len(dc) == 0:
+        nan = float("nan")
+        return {"cam_drop": nan, "random_drop": nan, "gap": nan, "win_rate": nan, "n": 0.0}
+    return {
+        "cam_drop": float(dc.mean()),
+        "random_drop": float(dr.mean()),
+        "gap": float(dc.mean() - dr.mean()),
+        "win_rate": float((dc > dr).mean()),
+        "n": float(len(dc)),
+    }
+
+
 def deletion_test(
     model: nn.Module,
     images: torch.Tensor,
@@ -241,26 +304,8 @@ def deletion_test(
         `cam_drop` and `random_drop` (mean probability drop), `gap` (their difference),
         `win_rate` (share of images where the CAM deletion hurt more) and `n`.
     """
-    n = len(images)
-    if n == 0:
-        nan = float("nan")
-        return {"cam_drop": nan, "random_drop": nan, "gap": nan, "win_rate": nan, "n": 0.0}
-    if cams.shape[0] != n or cams.shape[1:] != tuple(images.shape[2:]):
-        raise ValueError(f"CAMs {cams.shape} do not match images {tuple(images.shape)}")
-    mask = top_fraction_mask(np.asarray(cams), fraction)
-    dc, dr = _probability_drops(
-        model,
-        images,
-        (mask, _shifted_masks(mask, seed)),
-        targets,
-        fill=fill,
-        temperature=temperature,
-        batch_size=batch_size,
-    )
-    return {
-        "cam_drop": float(dc.mean()),
-        "random_drop": float(dr.mean()),
-        "gap": float(dc.mean() - dr.mean()),
-        "win_rate": float((dc > dr).mean()),
-        "n": float(n),
-    }
+    dc, dr = deletion_drops(
+        model, images, cams, targets, rng=np.random.default_rng(seed), fraction=fraction,
+        fill=fill, temperature=temperature, batch_size=batch_size,
+    )  # fmt: skip
+    return deletion_summary(dc, dr)
