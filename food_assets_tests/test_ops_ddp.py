@@ -73,7 +73,10 @@ def test_ddp_spawn_bundle_evaluates_like_a_single_process_one(
     (m1, c1), (m2, c2) = load_bundle(single.bundle_dir), load_bundle(ddp.bundle_dir)
     # The same contract: card (bar the metrics), state-dict layout, eval mode.
     d1, d2 = c1.to_dict(), c2.to_dict()
-    d1.pop("metrics"), d2.pop("metrics")
+    for d in (d1, d2):
+        d.pop("metrics")
+        for key in ("val_acc_raw", "val_acc_ema"):  # the recipe record's copies of the metrics
+            d.get("recipe", {}).pop(key, None)
     assert d1 == d2
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert {k: (v.shape, v.dtype) for k, v in s1.items()} == {
@@ -112,7 +115,15 @@ def test_team_gpu_run_config_validates_against_the_real_job() -> None:
 
 
 def test_k8s_executor_config_sends_every_training_step_to_a_gpu_node() -> None:
-    """Every model asset that trains or fits has a GPU step config, and no key is stale."""
+    """Every model asset that trains or fits, and every op `configs/food101.yaml` runs with
+    `device: cuda`, has a GPU step config, and every step key is a current asset.
+
+    Breakage caught: a trained model added without a GPU step; an evaluation moved to CUDA in
+    the recipe but left on a CPU pod; a stale key (an asset renamed, e.g. model_comparison ->
+    leaderboard), which Kubernetes would silently ignore.
+    """
+    from food_assets.definitions import build_definitions
+
     cfg = yaml.safe_load((TEAM / "k8s_executor.yaml").read_text())["execution"]["config"]
     per_step = cfg["per_step_k8s_config"]
     trained = {
@@ -120,12 +131,34 @@ def test_k8s_executor_config_sends_every_training_step_to_a_gpu_node() -> None:
         for n in list_models()
         if get_model_spec(n).family in ("scratch", "transfer", "probe")
     }
-    assert set(per_step) == trained
+    recipe = yaml.safe_load((TEAM.parent / "food101.yaml").read_text())["ops"]
+    on_cuda = {op for op, c in recipe.items() if c.get("config", {}).get("device") == "cuda"}
+    assert trained <= set(per_step) and on_cuda <= set(per_step)
+    assets = {
+        k.to_user_string() for k in build_definitions().resolve_asset_graph().get_all_asset_keys()
+    }
+    assert set(per_step) <= assets, set(per_step) - assets
     for step in per_step.values():
         assert step["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert step["pod_spec_config"]["node_selector"]
+        # The loader's workers share batches through /dev/shm: a GPU pod mounts a larger one.
+        mounts = {m["mount_path"] for m in step["container_config"]["volume_mounts"]}
+        assert "/dev/shm" in mounts
     # The default executor stays the laptop's: the k8s executor lives in its own code location.
     assert (
         "k8s"
         not in (Path(__file__).resolve().parents[1] / "food_assets" / "definitions.py").read_text()
     )
+
+
+@pytest.mark.parametrize("name", ["food101_ddp.yaml", "team/run_config_gpu.yaml"])
+def test_multi_gpu_configs_select_ddp_with_the_gpu_recipe(name: str) -> None:
+    """The shipped multi-GPU configs map onto a DDP ComputeConfig with the GPU recipe's
+    defaults (auto precision, GPU decode, channels_last). Breakage caught: a config pinned to
+    fp16 or to CPU decode, or one that no longer parses into a ComputeConfig."""
+    config = yaml.safe_load((TEAM.parent / name).read_text())["resources"]["compute"]["config"]
+    compute = ComputeConfig(**config)
+    assert compute.strategy.startswith("ddp") and isinstance(compute.devices, int)
+    assert compute.devices > 1
+    assert compute.precision == "auto" and compute.gpu_decode == "auto"
+    assert compute.channels_last == "auto" and compute.compile is False

@@ -14,7 +14,14 @@ import lightning.pytorch as pl
 
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.training.callbacks import AtomicCheckpointIO, PreciseBatchNorm, TrainingHistory
-from food_assets.ml.training.checkpoints import BEST_CKPT, LAST_CKPT, MONITOR
+from food_assets.ml.training.checkpoints import (
+    BEST_CKPT,
+    BEST_EMA_CKPT,
+    LAST_CKPT,
+    MONITOR,
+    MONITOR_EMA,
+)
+from food_assets.ml.training.compute import ComputeRecipe, apply_global_batch, trainer_options
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 
 
@@ -27,17 +34,7 @@ def _checkpoint_callbacks(ckpt_dir: Path) -> tuple[pl.Callback, pl.Callback]:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename=Path(BEST_CKPT).stem,
-        monitor=MONITOR,
-        mode="max",
-        save_top_k=1,
-        save_weights_only=True,  # only its weights are read back; last.ckpt carries the rest
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
+    best = _best_checkpoint(ckpt_dir, BEST_CKPT, MONITOR)
     last = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename=Path(LAST_CKPT).stem,
@@ -49,6 +46,23 @@ def _checkpoint_callbacks(ckpt_dir: Path) -> tuple[pl.Callback, pl.Callback]:
     return best, last
 
 
+def _best_checkpoint(ckpt_dir: Path, name: str, monitor: str) -> pl.Callback:
+    """A weights-only checkpoint of the epoch with the highest `monitor`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=Path(name).stem,
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,  # only its weights are read back; last.ckpt carries the rest
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+
+
 def _callbacks(
     cfg: TrainConfig, ckpt_dir: Path, history: TrainingHistory, extra: Sequence[pl.Callback]
 ) -> list[pl.Callback]:
@@ -56,6 +70,9 @@ def _callbacks(
     from lightning.pytorch.callbacks import EarlyStopping
 
     cbs: list[pl.Callback] = [history, *_checkpoint_callbacks(ckpt_dir)]
+    if cfg.ema_decay:
+        # The weight EMA's own best epoch, next to the raw weights' (train.py keeps the better).
+        cbs.append(_best_checkpoint(ckpt_dir, BEST_EMA_CKPT, MONITOR_EMA))
     if cfg.precise_bn_batches:
         # Before the checkpoint callbacks read val/acc_top1: the statistics they save are fresh.
         cbs.insert(0, PreciseBatchNorm(cfg.precise_bn_batches))
@@ -79,13 +96,17 @@ def build_trainer(
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     history = TrainingHistory()
+    # The GPU recipe (compute.py): a switch this machine cannot honour fails here, before
+    # train_model writes anything; channels_last and compile are applied by ComputeRecipe.
+    recipe = trainer_options(compute)
     try:
         trainer = pl.Trainer(
             **compute.to_trainer_kwargs(),
+            **recipe,
             max_epochs=cfg.epochs,
             limit_train_batches=cfg.limit_train_batches,
             limit_val_batches=cfg.limit_val_batches,
-            callbacks=_callbacks(cfg, ckpt_dir, history, callbacks),
+            callbacks=[ComputeRecipe(compute), *_callbacks(cfg, ckpt_dir, history, callbacks)],
             logger=list(loggers) if loggers else False,
             plugins=[AtomicCheckpointIO()],
             enable_progress_bar=progress_bar,
@@ -96,6 +117,7 @@ def build_trainer(
         )
     except (MisconfigurationException, ValueError) as exc:
         raise ConfigError(f"invalid compute config {compute}: {exc}") from exc
+    apply_global_batch(trainer, compute, cfg.batch_size)
     return trainer, history
 
 
