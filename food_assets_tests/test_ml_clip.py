@@ -412,6 +412,104 @@ def test_linear_probe_learns_and_reuses_feature_cache(
     assert again.metadata["val/acc_top1"] == md["val/acc_top1"]
 
 
+# ---------------------------------------------------------------------------------- ensemble
+
+
+def test_zero_shot_probe_ensemble_arithmetic(cfg: ClipConfig, splits) -> None:
+    """Breakage caught: the mixed head not equal to (1 - alpha) * zero-shot logits + alpha *
+    probe logits (a missing logit scale, the bias not scaled by alpha, alpha applied to the
+    wrong side), or alpha not the val-best grid value."""
+    from sklearn.linear_model import LogisticRegression
+
+    from food_assets.ml.models.clip.ensemble import ALPHA_GRID, fit_ensemble
+
+    loaded = load_clip(cfg)
+    emb = build_class_embeddings(loaded, CLASSES, cfg.templates())
+    scale = float(loaded.model.logit_scale.detach().exp())
+    probe = ClipLinearProbe(loaded.model.visual, len(CLASSES), CLASSES).eval()
+    feats = {}
+    for split in ("train", "val"):
+        ds = ManifestDataset(splits.frame(split), loaded.preprocess, train=False)
+        xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+        with torch.no_grad():
+            feats[split] = (probe.encode_image(torch.stack(xs)).numpy(), np.array(ys))
+    # Weak on purpose (C small): the probe and the zero-shot head disagree on some images.
+    clf = LogisticRegression(C=0.05, max_iter=1000).fit(*feats["train"])
+    probe.set_head_from_sklearn(clf.coef_, clf.intercept_)
+    fit = fit_ensemble(feats, emb.matrix, scale, probe.head)
+
+    X, y = feats["val"]
+    E = emb.matrix.numpy()
+    zs, pr = scale * X @ E.T, clf.decision_function(X)
+    val_acc = {a: float((((1 - a) * zs + a * pr).argmax(1) == y).mean()) for a in ALPHA_GRID}
+    best = max(val_acc.values())
+    assert fit.alpha == max(a for a, v in val_acc.items() if v == best)
+    assert [r["val_acc_top1"] for r in fit.alpha_rows] == list(val_acc.values())
+    assert fit.scores["val/acc_top1_zero_shot"] == val_acc[0.0]
+    assert fit.scores["val/acc_top1_probe"] == val_acc[1.0]
+    for alpha in (0.0, 0.3, 1.0):
+        w, b = (1 - alpha) * scale * E + alpha * clf.coef_, alpha * clf.intercept_
+        head = fit_ensemble(feats, emb.matrix, scale, probe.head, grid=(alpha,))
+        got = X @ head.weight.numpy().T + head.bias.numpy()
+        np.testing.assert_allclose(got, X @ w.T + b, atol=1e-4, rtol=1e-5)
+
+
+def test_alpha_is_the_val_best_with_ties_to_the_probe() -> None:
+    """Breakage caught: alpha not chosen by val accuracy (e.g. always the probe, alpha = 1), or
+    ties broken towards the zero-shot side. Each head alone gets one of the two images right;
+    only a mix in (1/4, 2/3) gets both."""
+    from food_assets.ml.models.clip.ensemble import ALPHA_GRID, choose_alpha
+
+    zero_shot = np.array([[2.0, 0.0], [1.0, 0.0]])
+    probe = np.array([[0.0, 1.0], [0.0, 3.0]])
+    alpha, rows = choose_alpha(zero_shot, probe, np.array([0, 1]), ALPHA_GRID)
+    assert alpha == 0.6  # 0.3 ... 0.6 all score 1.0: the largest wins
+    acc = {r["alpha"]: r["val_acc_top1"] for r in rows}
+    assert acc[0.0] == acc[1.0] == 0.5 and acc[0.2] == 0.5 and acc[0.7] == 0.5
+
+
+@pytest.mark.slow
+def test_linear_probe_reports_and_bundles_the_zero_shot_ensemble(
+    cfg: ClipConfig, splits, tmp_path, monkeypatch
+) -> None:
+    """Breakage caught: the ensemble not reported beside both heads, `bundle` not storing the
+    mixed head (the bundle would predict like the plain probe), or `report` changing the
+    probe's bundle. alpha is pinned to 0.4: on these colour images the probe alone is best, and
+    at alpha = 1 a bundle without the mix would look right."""
+    from food_assets.ml.models.clip import ensemble
+    from food_assets.ml.models.clip.text import build_class_embeddings as encode
+
+    monkeypatch.setattr(ensemble, "ALPHA_GRID", (0.4,))
+    cache = tmp_path / "features"
+    fit = clip_fit.fit_clip_linear_probe
+    report = fit(splits, cfg, tmp_path / "report", feature_cache_dir=cache)
+    bundled = fit(
+        splits,
+        dataclasses.replace(cfg, zero_shot_ensemble="bundle"),
+        tmp_path / "bundle",
+        feature_cache_dir=cache,
+    )
+    md = bundled.metadata
+    alpha = md["ensemble/alpha"]
+    assert alpha == 0.4
+    assert md["ensemble/in_bundle"] and not report.metadata["ensemble/in_bundle"]
+    for key in ("zero_shot", "probe", "ensemble"):
+        assert 0 <= md[f"ensemble/test/acc_top1_{key}"] <= 1
+    assert md["ensemble/val/acc_top1_probe"] == report.metadata["val/acc_top1"]
+    assert len(md["ensemble_alpha_table"]) == 1
+
+    probe, card = load_bundle(report.bundle_dir)
+    mixed, _ = load_bundle(bundled.bundle_dir)
+    loaded = load_clip(cfg)
+    E = encode(loaded, CLASSES, cfg.templates(), overrides=cfg.class_name_overrides).matrix
+    scale = float(loaded.model.logit_scale.detach().exp())
+    x, _ = _val_batch(splits, card.preprocess)
+    with torch.no_grad():
+        f = probe.encode_image(x)
+        expected = (1 - alpha) * scale * f @ E.T + alpha * probe(x)
+        torch.testing.assert_close(mixed(x), expected, atol=1e-4, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------- ONNX
 
 

@@ -11,7 +11,7 @@ a bundle (`food_assets.catalog`).
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -48,7 +48,11 @@ EVALUATION_CODE_VERSION = code_version(
 )
 LEADERBOARD_CODE_VERSION = code_version(
     "leaderboard",
-    modules=["food_assets.ml.evaluation.compare", "food_assets.ml.evaluation.plots"],
+    modules=[
+        "food_assets.ml.evaluation.compare",
+        "food_assets.ml.evaluation.plots",
+        "food_assets.ml.inference.serving",  # which export's latency the table shows
+    ],
 )
 
 #: The leaderboard follows its evaluations and exports when the automation sensor is on
@@ -97,6 +101,16 @@ class EvaluationConfig(dg.Config):
     n_bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples for the CIs")
     seed: int = 0
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:1")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="forward-pass precision: auto (bf16 autocast where the CPU or GPU has native "
+        "bf16, else fp32) | fp32 | bf16",
+    )
+    tta: Literal["none", "flip", "flip_crops"] = Field(
+        default="none",
+        description="test-time augmentation reported beside the plain figure (logits averaged "
+        "over the image and its mirror, or 5 crops and their mirrors), with its time cost",
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,8 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
                 seed=config.seed,
                 n_bootstrap=config.n_bootstrap,
                 model_classes=model.class_names,
+                tta=config.tta,
+                precision=config.precision,
             )
             calibration = _write_calibration(artifact_store, name, result)
             _log_to_model_run(model.mlflow_run_id, result)
@@ -236,6 +252,12 @@ def _evaluation_metadata(
         "calibration": dg.MetadataValue.path(store.location(calibration)),
         "mlflow_run_id": model.mlflow_run_id or "n/a",
     }
+    if "test/acc_top1_tta" in s:  # test-time augmentation: its figure and cost beside the plain
+        metadata["acc_top1_tta"] = dg.MetadataValue.float(float(s["test/acc_top1_tta"]))
+        metadata["acc_top1_tta_ci95"] = (
+            f"[{s['test/acc_top1_tta_ci_low']:.3f}, {s['test/acc_top1_tta_ci_high']:.3f}]"
+        )
+        metadata["tta_time_ratio"] = dg.MetadataValue.float(float(s["tta/time_ratio"]))
     for plot_name, path in result.plots.items():
         metadata[plot_name] = file_ref(path, store)
     return metadata
@@ -324,7 +346,7 @@ def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -
         "params": meta.get("params"),
         "gmacs": meta.get("gmacs"),
         "train_seconds": meta.get("train_seconds"),
-        "latency_ms": _latency_ms(store, name),
+        **_latency_columns(store, name),
     }
 
 
@@ -348,24 +370,26 @@ def _comparison_metadata(
     return metadata
 
 
-def _latency_ms(store: ArtifactStore, name: str) -> float | None:
-    """CPU batch-1 latency (ONNX Runtime, else eager) measured by `onnx_<name>`, if any.
+def _latency_columns(store: ArtifactStore, name: str) -> dict[str, Any]:
+    """CPU latency measured by `onnx_<name>` (eager, ORT fp32, ORT int8 at batch 1 and 32, the
+    thread count) and the export `predict` serves by default, with its batch-1 latency as
+    `latency_ms` (`serving.latency_summary`); all None when the model was not exported.
 
-    `onnx_<name>` is a dependency, not an input, so its latency.json is fetched here (a no-op
-    for a local root)."""
+    `onnx_<name>` is a dependency, not an input, so its latency.json and int8.json are fetched
+    here (a no-op for a local root)."""
     import json
 
-    latency = layout.latency_file(store.root, name)
-    store.fetch(layout.onnx_asset(name), prefix=latency.name, missing_ok=True)
-    path = latency
-    if not path.is_file():
-        return None
-    try:
-        rows = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    best = [
-        r["median_ms"] for r in rows if r.get("batch") == 1 and r.get("backend") == "onnxruntime"
-    ]
-    eager = [r["median_ms"] for r in rows if r.get("batch") == 1 and r.get("backend") == "eager"]
-    return float((best or eager or [None])[0]) if (best or eager) else None
+    from food_assets.ml.inference.serving import latency_summary
+
+    def read(path: Path) -> Any:
+        store.fetch(layout.onnx_asset(name), prefix=path.name, missing_ok=True)
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    rows = read(layout.latency_file(store.root, name))
+    record = read(layout.int8_record_file(store.root, name))
+    return latency_summary(
+        rows if isinstance(rows, list) else None, record if isinstance(record, dict) else None
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from food_assets.ml.data.images import open_image
+from food_assets.ml.data.images import DecodeCache, open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,12 +101,60 @@ def _interp(name: str):
         ) from exc
 
 
-def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Any], torch.Tensor]:
+@dataclass(frozen=True)
+class Augment:
+    """The train-time augmentation beyond crop and flip (`TrainConfig`'s recipe switches).
+
+    `policy`: `basic` (none), `randaugment` (Cubuk et al. 2020: 2 ops at `magnitude`) or
+    `trivialaugment` (Muller & Hutter 2021, TrivialAugmentWide); `color_jitter`: brightness,
+    contrast and saturation strength (0: off); `random_erasing`: probability of erasing a
+    rectangle with per-pixel noise (Zhong et al. 2020; timm's `re_mode="pixel"`). All are
+    torchvision v2 ops, which run the same on PIL images and on decoded uint8 tensors.
+    """
+
+    policy: str = "basic"
+    magnitude: int = 9
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
+
+
+def _augment_ops(aug: Augment, interp: Any) -> tuple[list[Any], list[Any]]:
+    """(ops on the uint8 image, ops on the normalised tensor) for `aug`."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    # torchvision's tensor kernels for rotate/affine take only nearest or bilinear: a bicubic
+    # model would fail on every image decoded to a tensor (JPEGs, the GPU path). timm's own
+    # RandAugment draws bilinear or bicubic at random; bilinear is the half that works here.
+    if interp not in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR):
+        interp = InterpolationMode.BILINEAR
+    image_ops: list[Any] = []
+    if aug.color_jitter:
+        j = float(aug.color_jitter)
+        image_ops.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    if aug.policy == "randaugment":
+        image_ops.append(T.RandAugment(num_ops=2, magnitude=aug.magnitude, interpolation=interp))
+    elif aug.policy == "trivialaugment":
+        image_ops.append(T.TrivialAugmentWide(interpolation=interp))
+    elif aug.policy != "basic":
+        raise ValueError(f"unknown augment policy {aug.policy!r}")
+    tensor_ops: list[Any] = []
+    if aug.random_erasing:
+        tensor_ops.append(T.RandomErasing(p=aug.random_erasing, value="random"))
+    return image_ops, tensor_ops
+
+
+def build_transform(
+    pre: Preprocess, *, train: bool, augment: Augment | None = None
+) -> Callable[[Any], torch.Tensor]:
     """PIL image or uint8 CHW tensor -> normalised CHW float tensor.
 
-    Train: random resized crop (scale 0.35-1) and horizontal flip. Eval: resize the shorter side
-    to `input_size / crop_pct`, then centre crop, as timm and torchvision evaluate. Built on
-    `torchvision.transforms.v2`, which runs the same ops on PIL images and on tensors.
+    Train: random resized crop (scale 0.35-1) and horizontal flip, then `augment`'s ops (colour
+    jitter and RandAugment / TrivialAugment on the image, random erasing on the normalised
+    tensor, in timm's `create_transform` order). Eval: resize the shorter side to
+    `input_size / crop_pct`, then centre crop, as timm and torchvision evaluate; `augment` is
+    ignored. Built on `torchvision.transforms.v2`, which runs the same ops on PIL images and on
+    tensors.
     """
     from torchvision.transforms import v2 as T
 
@@ -117,12 +165,15 @@ def build_transform(pre: Preprocess, *, train: bool) -> Callable[[Any], torch.Te
         T.Normalize(list(pre.mean), list(pre.std)),
     ]
     if train:
+        image_ops, tensor_ops = _augment_ops(augment or Augment(), interp)
         head = [
             T.RandomResizedCrop(
                 pre.input_size, scale=(0.35, 1.0), interpolation=interp, antialias=True
             ),
             T.RandomHorizontalFlip(),
+            *image_ops,
         ]
+        tail += tensor_ops
     else:
         head = [
             T.Resize(pre.resize_size, interpolation=interp, antialias=True),
@@ -144,19 +195,37 @@ class ImagePipeline:
       `benchmarks/data_loading.py`).
     - Everything else, or a JPEG torchvision refuses: `open_image` (PIL), which also turns a
       broken file into a clear `ImageDecodeError`.
+
+    With a `cache` (`DecodeCache`), the decoded 8-bit image, before any random augmentation, is
+    kept and each file is decoded once per process (docs/adr/0014).
     """
 
     preprocess: Preprocess
     train: bool = False
+    augment: Augment | None = None  # train only: the recipe's augmentation
+    cache: DecodeCache | None = None
 
     def __post_init__(self) -> None:
-        self.transform = build_transform(self.preprocess, train=self.train)
+        self.transform = build_transform(self.preprocess, train=self.train, augment=self.augment)
         self.draft_size = self.preprocess.resize_size
 
     def load(self, path: str | Path) -> Image.Image:
         return open_image(path, draft_size=self.draft_size)
 
     def _decode(self, path: str | Path) -> Any:
+        if self.cache is None:
+            return self._decode_file(path)[0]
+        key = self.cache.key(path)
+        image = self.cache.get(key, self.draft_size)
+        if image is None:
+            image, drafted = self._decode_file(path)
+            self.cache.put(key, image, drafted)
+        return image
+
+    def _decode_file(self, path: str | Path) -> tuple[Any, int | None]:
+        """(decoded image, None when it is a full decode that any caller may share, else the
+        draft size it was decoded for: the PIL path may have drafted, so only callers with the
+        same `draft_size` share it)."""
         if str(path).lower().endswith(_JPEG_SUFFIXES):
             try:
                 with Image.open(path) as img:
@@ -164,12 +233,13 @@ class ImagePipeline:
                 if small_enough:
                     from torchvision.io import ImageReadMode, decode_image, read_file
 
-                    return decode_image(
+                    full = decode_image(
                         read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True
                     )
+                    return full, None
             except Exception:  # anything odd: the PIL path decides, with a clear error
                 pass
-        return self.load(path)
+        return self.load(path), self.draft_size
 
     def __call__(self, path: str | Path) -> torch.Tensor:
         return self.transform(self._decode(path))

@@ -39,6 +39,10 @@ class ModelCard:
     weights_source: str = "none"
     temperature: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
+    # How the weights were trained: the accuracy-recipe switches (augment, mixup, EMA, layer
+    # decay, ...) and which weights were kept (`weights_kept`: raw or ema, with both val
+    # accuracies). Empty for models not trained with Lightning.
+    recipe: dict[str, Any] = field(default_factory=dict)
     version: int = CARD_VERSION
 
     @property
@@ -81,6 +85,12 @@ class ModelCard:
             ) from exc
         if not (temperature > 0):
             raise CheckpointError("card.json: temperature must be positive")
+        recipe = d.get("recipe") or {}
+        if not isinstance(recipe, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str | int | float | bool))
+            for k, v in recipe.items()
+        ):
+            raise CheckpointError("card.json: recipe must be an object of plain values")
         return cls(
             name=str(d["name"]),
             class_names=list(names),
@@ -90,6 +100,7 @@ class ModelCard:
             weights_source=str(d.get("weights_source", "none")),
             temperature=temperature,
             metrics=metrics,
+            recipe=dict(recipe),
             version=version,
         )
 

@@ -13,6 +13,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from food_assets.ml.artifacts import atomic_path
 
 HISTORY_COLUMNS = ("epoch", "train/loss", "train/acc_top1", "val/loss", "val/acc_top1", "lr")
+#: Columns a history has only when their switch is on (the weight EMA's val accuracy).
+OPTIONAL_HISTORY_COLUMNS = ("val/acc_top1_ema",)
 
 
 class TrainingHistory(pl.Callback):
@@ -56,6 +58,9 @@ class TrainingHistory(pl.Callback):
         for key in HISTORY_COLUMNS[1:]:
             value = metrics.get(key)
             row[key] = float(value) if value is not None else float("nan")
+        for key in OPTIONAL_HISTORY_COLUMNS:
+            if metrics.get(key) is not None:
+                row[key] = float(metrics[key])
         row["train_seconds"] = self._train_seconds
         row["train_images"] = self._images
         self.rows.append(row)
@@ -90,6 +95,8 @@ class PreciseBatchNorm(pl.Callback):
     running statistics made every validation image one class (0.10 = chance); recomputing them
     over the training data gave 0.42 with the same weights ("PreciseBN", Wu & Johnson 2021).
     Only BN layers that train are touched: a frozen backbone keeps its ImageNet statistics.
+    With a weight EMA (`pl_module.ema`), the same layers of the averaged model are recomputed in
+    the same pass: averaged weights need statistics of their own, not the raw model's.
     """
 
     def __init__(self, num_batches: int) -> None:
@@ -105,6 +112,8 @@ class PreciseBatchNorm(pl.Callback):
             for m in pl_module.modules()
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
         ]
+        ema_layers = _ema_twins(pl_module, layers)
+        layers += ema_layers
         if not layers:
             pl_module.train(was_training)
             return
@@ -114,11 +123,40 @@ class PreciseBatchNorm(pl.Callback):
             m.momentum = None  # cumulative average over the batches below
         try:
             with torch.no_grad():
-                for i, (x, _) in enumerate(trainer.datamodule.train_dataloader()):
+                for i, batch in enumerate(trainer.datamodule.train_dataloader()):
                     if i >= self.num_batches:
                         break
-                    pl_module(x.to(pl_module.device))
+                    # The data module's hook: a GPU-decoded batch arrives as file bytes.
+                    x, _ = _to_device(trainer.datamodule, batch, pl_module.device)
+                    pl_module(x)
+                    if ema_layers:
+                        pl_module.ema.module(x)
         finally:
             for m, momentum in zip(layers, momenta, strict=True):
                 m.momentum = momentum
+            for m in ema_layers:
+                m.eval()
             pl_module.train(was_training)
+
+
+def _to_device(datamodule: Any, batch: Any, device: torch.device) -> Any:
+    """`batch` on `device` through the data module's own hook when it has one (encoded batches
+    are decoded there), else moved as it is (a plain `(images, labels)` batch)."""
+    hook = getattr(datamodule, "transfer_batch_to_device", None)
+    if hook is not None:
+        return hook(batch, device, 0)
+    images, labels = batch
+    return images.to(device), labels
+
+
+def _ema_twins(pl_module: pl.LightningModule, layers: list[torch.nn.Module]) -> list[Any]:
+    """The EMA model's BN layers that mirror `layers` of the raw model, put in train mode."""
+    ema = getattr(pl_module, "ema", None)
+    if ema is None:
+        return []
+    twins = dict(ema.module.named_modules())
+    names = {id(m): n for n, m in pl_module.model.named_modules()}
+    out = [twins[names[id(m)]] for m in layers if id(m) in names]
+    for m in out:
+        m.train()
+    return out

@@ -3,6 +3,7 @@
 ```
 <out_dir>/checkpoints/last.ckpt         # every epoch; resumed from if the run config matches
 <out_dir>/checkpoints/best.ckpt         # best val/acc_top1 (weights only)
+<out_dir>/checkpoints/best_ema.ckpt     # best val/acc_top1_ema, with ema_decay > 0 (weights only)
 <out_dir>/checkpoints/run_config.json   # the config (and its hash) the checkpoints belong to
 ```
 
@@ -12,12 +13,12 @@ Everything here reads; `train_model` decides what to write. Checkpoints are load
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from food_assets.ml.data.splits import SplitManifest
@@ -30,6 +31,9 @@ LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 RUN_CONFIG = "run_config.json"
 MONITOR = "val/acc_top1"  # what best.ckpt keeps the best of
+BEST_EMA_CKPT = "best_ema.ckpt"
+MONITOR_EMA = "val/acc_top1_ema"  # what best_ema.ckpt keeps the best of
+EMA_PREFIX = "ema.module."  # the weight EMA's keys in a ClassifierModule state dict
 
 
 def get_config_hash(
@@ -43,7 +47,7 @@ def get_config_hash(
         "class_names": list(splits.class_names),
         "manifest_sha256": hashlib.sha256(splits.path.read_bytes()).hexdigest(),
         "train": cfg.to_hashable(),
-        "compute": dataclasses.asdict(compute),
+        "compute": compute.to_hashable(),
     }
     blob = json.dumps(record, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest(), record
@@ -91,17 +95,39 @@ def history_rows(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(r) for r in state.get("rows", [])]
 
 
-def strip_model_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A LightningModule state dict -> the wrapped model's (`model.` keys, prefix dropped)."""
-    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+def choose_weights(history: pd.DataFrame) -> tuple[str, float, float]:
+    """(`raw` or `ema`, best raw val accuracy, best EMA val accuracy or NaN).
+
+    The EMA's weights are kept only when their best val accuracy is strictly higher: a tie
+    keeps the weights the optimizer produced.
+    """
+    raw = float(history[MONITOR].max()) if len(history) else float("nan")
+    if MONITOR_EMA not in history or not history[MONITOR_EMA].notna().any():
+        return "raw", raw, float("nan")
+    ema = float(history[MONITOR_EMA].max())
+    return ("ema" if ema > raw else "raw"), raw, ema
+
+
+def strip_model_prefix(
+    state: dict[str, torch.Tensor], prefix: str = "model."
+) -> dict[str, torch.Tensor]:
+    """A LightningModule state dict -> the wrapped model's (`prefix` keys, prefix dropped).
+
+    `prefix="model."` gives the raw weights, `EMA_PREFIX` the weight EMA's.
+    """
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 __all__ = [
     "BEST_CKPT",
+    "BEST_EMA_CKPT",
+    "EMA_PREFIX",
+    "MONITOR_EMA",
     "CHECKPOINT_DIR",
     "LAST_CKPT",
     "MONITOR",
     "RUN_CONFIG",
+    "choose_weights",
     "get_config_hash",
     "history_rows",
     "load_checkpoint_file",

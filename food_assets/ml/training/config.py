@@ -1,4 +1,5 @@
-"""Typed training and compute configuration, validated up front with messages that name the fix."""
+"""Typed training configuration (`TrainConfig`), validated up front with messages that name the
+fix. The compute side (`ComputeConfig`) lives in `compute_config.py` and is re-exported here."""
 
 from __future__ import annotations
 
@@ -9,69 +10,31 @@ from typing import Any, Literal
 
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.models.registry import setting
+from food_assets.ml.training.compute_config import (  # noqa: F401  (re-exported)
+    PRECISIONS,
+    ComputeConfig,
+    accumulation_for,
+)
 
 MODES = ("scratch", "feature_extract", "finetune")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+AUGMENTS = ("basic", "randaugment", "trivialaugment")
+#: The TrainConfig fields of the accuracy recipe, recorded in the model card (`recipe`).
+RECIPE_FIELDS = (
+    "augment",
+    "augment_magnitude",
+    "color_jitter",
+    "random_erasing",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "label_smoothing",
+    "mixup_off_epochs",
+    "ema_decay",
+    "layer_decay",
+    "frozen_epochs",
+    "backbone_lr_mult",
+)
 # Change speed or what happens on a miss, not the result: a resume may use another value.
 _NOT_HASHED = {"num_workers", "on_missing_weights"}
-
-
-@dataclass(frozen=True)
-class ComputeConfig:
-    """Where and how Lightning runs (the Dagster "GPU resource", `LightningCompute`, is derived
-    from this class: its fields, defaults and descriptions are the resource's).
-
-    The defaults pick a GPU when one is present and the CPU otherwise. A multi-GPU node sets
-    `devices: 4, strategy: ddp`; a cluster adds `num_nodes`.
-    """
-
-    accelerator: str = setting("auto", description="auto | cpu | gpu | cuda | mps")
-    devices: int | str | list[int] = setting(
-        "auto",
-        description='"auto", a count like "2", or "0,1" (device indices)',
-        config_type=str,
-    )
-    precision: str = setting(
-        "32-true", description="32-true | 16-mixed | bf16-mixed (mixed needs a GPU)"
-    )
-    strategy: str = setting("auto", description="auto | ddp | ddp_spawn | fsdp ...")
-    num_nodes: int = setting(1, description="machines in a multi-node DDP run")
-    deterministic: bool = setting(False, description="cuDNN/torch deterministic kernels (slower)")
-
-    def __post_init__(self) -> None:
-        # Run config gives devices as text: "2" is a count, "0,1" a list of indices.
-        if isinstance(self.devices, str) and self.devices.strip() != "auto":
-            text = self.devices.strip()
-            try:
-                devices: Any = (
-                    [int(v) for v in text.split(",") if v.strip()] if "," in text else int(text)
-                )
-            except ValueError:
-                raise ConfigError(
-                    f"devices {self.devices!r} is not 'auto', a count or a list of indices "
-                    "such as '0,1'"
-                ) from None
-            object.__setattr__(self, "devices", devices)
-        if str(self.precision) not in PRECISIONS:
-            raise ConfigError(
-                f"precision {self.precision!r} is not supported; use one of {', '.join(PRECISIONS)}"
-            )
-        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
-            raise ConfigError(f"num_nodes must be a positive integer (got {self.num_nodes!r})")
-        if isinstance(self.devices, int) and self.devices == 0:
-            raise ConfigError(
-                "devices must not be 0: use a count >= 1, a list of indices or 'auto'"
-            )
-
-    def to_trainer_kwargs(self) -> dict[str, Any]:
-        return {
-            "accelerator": self.accelerator,
-            "devices": self.devices,
-            "precision": self.precision,
-            "strategy": self.strategy,
-            "num_nodes": self.num_nodes,
-            "deterministic": self.deterministic,
-        }
 
 
 @dataclass(frozen=True)
@@ -150,6 +113,44 @@ class TrainConfig:
         description="before each validation, recompute BatchNorm statistics over this many "
         "training batches (0: off)",
     )
+    # The accuracy recipe (docs/evaluation.md, "The recipe"; ADR 0017). Every default is off:
+    # the sample run trains as it did before these switches existed.
+    augment: str = setting(
+        "basic",
+        description="train-time augmentation after the random crop and flip: basic (nothing "
+        "more) | randaugment (RandAugment, 2 ops at augment_magnitude) | trivialaugment "
+        "(TrivialAugmentWide); torchvision v2 ops",
+    )
+    augment_magnitude: int = setting(
+        9, description="randaugment: magnitude of each op, in [0, 30] (timm's rand-m9 is 9)"
+    )
+    color_jitter: float = setting(
+        0.0,
+        description="brightness, contrast and saturation jitter strength (timm's 0.4), 0: off",
+    )
+    random_erasing: float = setting(
+        0.0, description="probability of erasing a random rectangle of each image, in [0, 1)"
+    )
+    mixup_alpha: float = setting(
+        0.0, description="mixup Beta(alpha, alpha) strength (timm Mixup), 0: off"
+    )
+    cutmix_alpha: float = setting(
+        0.0, description="CutMix Beta(alpha, alpha) strength (timm Mixup), 0: off"
+    )
+    mixup_off_epochs: int = setting(
+        0, description="the last N epochs train without mixup/CutMix (timm's mixup_off_epoch)"
+    )
+    ema_decay: float = setting(
+        0.0,
+        description="EMA of the weights (timm ModelEmaV3, warm-up ramped), in [0, 1), 0: off; "
+        "both are validated, the better one goes into the bundle",
+    )
+    layer_decay: float | None = setting(
+        None,
+        description="finetune: layer-wise LR decay in (0, 1) over timm's group_matcher blocks "
+        "(replaces backbone_lr_mult); null: off. A model without group_matcher keeps the "
+        "head/backbone split (with a warning)",
+    )
 
     def __post_init__(self) -> None:
         # Run config has one number type: a whole number >= 1 is a batch count (1.0 too).
@@ -188,6 +189,15 @@ class TrainConfig:
         if self.frozen_epochs and mode != "finetune":
             raise ConfigError("frozen_epochs only applies to mode finetune: set it to 0")
         return dataclasses.replace(self, mode=mode, weights=weights)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether mixup or CutMix is on (timm `Mixup` and soft-target cross-entropy)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def recipe(self) -> dict[str, Any]:
+        """The accuracy-recipe switches as they were set (model card and run metadata)."""
+        return {k: getattr(self, k) for k in RECIPE_FIELDS}
 
     def to_hashable(self) -> dict[str, Any]:
         """The fields that change what training produces (used to decide whether to resume)."""
@@ -270,6 +280,51 @@ _TRAIN_CHECKS: tuple[tuple[Callable[[TrainConfig], bool], str], ...] = (
     (
         lambda c: _is_int(c.precise_bn_batches) and c.precise_bn_batches >= 0,
         "precise_bn_batches must be >= 0 (got {precise_bn_batches!r})",
+    ),
+    (
+        lambda c: c.augment in AUGMENTS,
+        f"augment {{augment!r}} is not one of {', '.join(AUGMENTS)}",
+    ),
+    (
+        lambda c: _is_int(c.augment_magnitude) and 0 <= c.augment_magnitude <= 30,
+        "augment_magnitude must be an integer in [0, 30] (got {augment_magnitude!r})",
+    ),
+    (
+        lambda c: _is_num(c.color_jitter) and 0 <= c.color_jitter <= 1,
+        "color_jitter must be in [0, 1] (0: off, timm uses 0.4; got {color_jitter!r})",
+    ),
+    (
+        lambda c: _is_num(c.random_erasing) and 0 <= c.random_erasing < 1,
+        "random_erasing must be a probability in [0, 1) (got {random_erasing!r})",
+    ),
+    (
+        lambda c: _is_num(c.mixup_alpha) and c.mixup_alpha >= 0,
+        "mixup_alpha must be >= 0 (0: off; got {mixup_alpha!r})",
+    ),
+    (
+        lambda c: _is_num(c.cutmix_alpha) and c.cutmix_alpha >= 0,
+        "cutmix_alpha must be >= 0 (0: off; got {cutmix_alpha!r})",
+    ),
+    (
+        lambda c: _is_int(c.mixup_off_epochs) and 0 <= c.mixup_off_epochs < c.epochs,
+        "mixup_off_epochs must be in [0, epochs={epochs}) (got {mixup_off_epochs!r})",
+    ),
+    (
+        lambda c: c.mixup_off_epochs == 0 or c.mixing,
+        "mixup_off_epochs is set but mixing is off: set mixup_alpha or cutmix_alpha > 0, or "
+        "mixup_off_epochs: 0",
+    ),
+    (
+        lambda c: _is_num(c.ema_decay) and 0 <= c.ema_decay < 1,
+        "ema_decay must be in [0, 1) (0: off, e.g. 0.999; got {ema_decay!r})",
+    ),
+    (
+        lambda c: c.layer_decay is None or (_is_num(c.layer_decay) and 0 < c.layer_decay < 1),
+        "layer_decay must be in (0, 1) or null for off (e.g. 0.9; got {layer_decay!r})",
+    ),
+    (
+        lambda c: c.layer_decay is None or c.mode in (None, "finetune"),
+        "layer_decay only applies to mode finetune: set it to null or use mode: finetune",
     ),
 )
 

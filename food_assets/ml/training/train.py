@@ -3,6 +3,7 @@
 ```
 <out_dir>/checkpoints/last.ckpt     # every epoch; resumed from if the run config matches
 <out_dir>/checkpoints/best.ckpt     # best val/acc_top1
+<out_dir>/checkpoints/best_ema.ckpt # best val/acc_top1_ema (only with ema_decay > 0)
 <out_dir>/checkpoints/run_config.json   # the config (and its hash) the checkpoints belong to
 <out_dir>/bundle/                   # model.safetensors + card.json (ml/models/bundle.py)
 <out_dir>/history.parquet           # one row per epoch
@@ -35,19 +36,25 @@ from torch import nn
 
 from food_assets.ml.artifacts import write_figure, write_json, write_parquet
 from food_assets.ml.data.splits import SplitManifest
+from food_assets.ml.data.transforms import Augment
 from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
+from food_assets.ml.models.recipe import supports_layer_decay
 from food_assets.ml.training.callbacks import HISTORY_COLUMNS, TrainingHistory
 from food_assets.ml.training.checkpoints import (
     BEST_CKPT,
+    BEST_EMA_CKPT,
     CHECKPOINT_DIR,
+    EMA_PREFIX,
     LAST_CKPT,
     MONITOR,
     RUN_CONFIG,
+    choose_weights,
     get_config_hash,
     history_rows,
     load_checkpoint_file,
     strip_model_prefix,
 )
+from food_assets.ml.training.compute import on_cuda, recipe_metadata, resolve_loader
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 from food_assets.ml.training.datamodule import SplitDataModule
 from food_assets.ml.training.module import ClassifierModule
@@ -114,15 +121,43 @@ def _build_module(plan: RunPlan) -> ClassifierModule:
         warmup_epochs=cfg.warmup_epochs,
         label_smoothing=cfg.label_smoothing,
         frozen_epochs=cfg.frozen_epochs,
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        mixup_off_epochs=cfg.mixup_off_epochs,
+        ema_decay=cfg.ema_decay,
+        layer_decay=cfg.layer_decay,
+    )
+
+
+def train_augment(cfg: TrainConfig) -> Augment:
+    """The train split's augmentation beyond crop and flip, from the recipe switches."""
+    return Augment(
+        policy=cfg.augment,
+        magnitude=cfg.augment_magnitude,
+        color_jitter=cfg.color_jitter,
+        random_erasing=cfg.random_erasing,
     )
 
 
 def _fit(
-    trainer: pl.Trainer, module: ClassifierModule, splits: SplitManifest, plan: RunPlan
+    trainer: pl.Trainer,
+    module: ClassifierModule,
+    splits: SplitManifest,
+    plan: RunPlan,
+    compute: ComputeConfig,
 ) -> float:
     """`trainer.fit` (resuming when planned), silencing two expected warnings; the seconds."""
+    # Workers, pinned memory, prefetch and GPU decode from the compute resource (compute.py).
+    loader = resolve_loader(
+        compute, plan.cfg, cuda=on_cuda(trainer), local_devices=trainer.num_devices
+    )
     datamodule = SplitDataModule(
-        splits, plan.preprocess, batch_size=plan.cfg.batch_size, num_workers=plan.cfg.num_workers
+        splits,
+        plan.preprocess,
+        batch_size=plan.cfg.batch_size,
+        num_workers=plan.cfg.num_workers,
+        augment=train_augment(plan.cfg),
+        loader=loader,
     )
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -138,20 +173,41 @@ def _fit(
 
 def _load_best(
     module: ClassifierModule, ckpt_dir: Path, history_cb: TrainingHistory
-) -> tuple[nn.Module, pd.DataFrame, Path]:
-    """The model with its best-epoch weights (eval mode, CPU), the history, best.ckpt's path.
+) -> tuple[nn.Module, pd.DataFrame, Path, str]:
+    """The model with its best-epoch weights (eval mode, CPU), the history, the checkpoint
+    they came from, and which weights they are (`raw` or `ema`, `choose_weights`).
 
-    Both come from the checkpoint files, not from memory: with ddp_spawn the callbacks ran in
+    All come from the checkpoint files, not from memory: with ddp_spawn the callbacks ran in
     child processes, and this process saw none of their state.
     """
     last_ckpt = load_checkpoint_file(ckpt_dir / LAST_CKPT)
     history = pd.DataFrame(history_rows(last_ckpt) or history_cb.rows)
-    best_path = ckpt_dir / BEST_CKPT
+    kept = choose_weights(history)[0]
+    best_path = ckpt_dir / (BEST_EMA_CKPT if kept == "ema" else BEST_CKPT)
     best_state = load_checkpoint_file(best_path if best_path.exists() else ckpt_dir / LAST_CKPT)
+    prefix = EMA_PREFIX if kept == "ema" else "model."
     model = module.model.cpu().to(memory_format=torch.contiguous_format)
-    model.load_state_dict(strip_model_prefix(best_state["state_dict"]), strict=True)
+    model.load_state_dict(strip_model_prefix(best_state["state_dict"], prefix), strict=True)
     model.eval()
-    return model, history, best_path
+    return model, history, best_path, kept
+
+
+def _recipe_record(plan: RunPlan, history: pd.DataFrame) -> dict[str, Any]:
+    """The recipe as it ran: the switches, which weights were kept, and why (card, metadata)."""
+    cfg = plan.cfg
+    kept, raw, ema = choose_weights(history)
+    record: dict[str, Any] = {**cfg.recipe(), "weights_kept": kept, "val_acc_raw": raw}
+    if cfg.ema_decay:
+        record["val_acc_ema"] = ema
+    if cfg.layer_decay is not None:
+        record["layer_decay_applied"] = supports_layer_decay(plan.model)
+    return record
+
+
+def _kept_val_acc(recipe: dict[str, Any]) -> float:
+    """The best val accuracy of the weights in the bundle (raw or EMA)."""
+    key = "val_acc_ema" if recipe["weights_kept"] == "ema" else "val_acc_raw"
+    return float(recipe[key])
 
 
 def _best_row(history: pd.DataFrame) -> pd.Series | None:
@@ -164,6 +220,7 @@ def _save_outputs(
 ) -> tuple[ModelCard, Path, Path, Path]:
     """Write the bundle, history.parquet and the curve plot; (card, bundle, history, plot)."""
     best_row = _best_row(history)
+    recipe = _recipe_record(plan, history)
     card = ModelCard(
         name=plan.model_name,
         class_names=list(plan.class_names),
@@ -172,9 +229,10 @@ def _save_outputs(
         mode=plan.cfg.mode,
         weights_source=plan.weights_source,
         metrics={
-            MONITOR: float(best_row[MONITOR]) if best_row is not None else float("nan"),
+            MONITOR: _kept_val_acc(recipe),
             "val/loss": float(best_row["val/loss"]) if best_row is not None else float("nan"),
         },
+        recipe=recipe,
     )
     bundle_dir = save_bundle(out_dir / "bundle", model, card)
     history_path = write_parquet(out_dir / "history.parquet", history)
@@ -199,6 +257,7 @@ def _metadata(
     """The run's metadata (the keys the asset, MLflow and the tests read)."""
     cfg = plan.cfg
     best_row = _best_row(history)
+    recipe = _recipe_record(plan, history)
     seconds = float(history["train_seconds"].sum()) if len(history) else 0.0
     images = float(history["train_images"].sum()) if len(history) else 0.0
     return {
@@ -214,7 +273,7 @@ def _metadata(
         "num_val_images": plan.split_sizes.get("val", 0),
         "epochs_run": len(history),
         "epochs_this_call": len(history) - resumed_from_epoch,
-        "best_val_acc": float(best_row[MONITOR]) if best_row is not None else float("nan"),
+        "best_val_acc": _kept_val_acc(recipe),
         "best_epoch": int(best_row["epoch"]) if best_row is not None else -1,
         "train_seconds": round(train_seconds, 3),
         "train_images_per_s": round(images / seconds, 2) if seconds else 0.0,
@@ -228,10 +287,14 @@ def _metadata(
         "accelerator": type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
         "devices": int(trainer.num_devices) * int(trainer.num_nodes),
         "strategy": type(trainer.strategy).__name__,
-        "precision": compute.precision,
+        "precision": str(trainer.precision),  # as run: `auto` resolved (precision.py)
+        "precision_requested": compute.precision,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "epochs": cfg.epochs,
+        **recipe_metadata(trainer, compute, cfg),  # accumulation, compile, layout, loader
+        # The switches are run params already (TrainConfig fields); here is what they led to.
+        **{k: v for k, v in recipe.items() if k not in cfg.recipe()},
     }
 
 
@@ -246,7 +309,7 @@ def _finish(
     resumed_from_epoch: int,
 ) -> FitResult:
     """After the fit (rank 0 only): best weights into the bundle, history, plot, metadata."""
-    model, history, best_path = _load_best(module, plan.ckpt_dir, history_cb)
+    model, history, best_path, _ = _load_best(module, plan.ckpt_dir, history_cb)
     card, bundle_dir, history_path, plot_path = _save_outputs(plan, out_dir, model, history)
     metadata = _metadata(
         plan,
@@ -325,7 +388,7 @@ def train_model(
     # From here on the request is known to be valid: touch the run folder.
     resumed_from_epoch = _claim_run_folder(plan, trainer, out_dir)
     module = _build_module(plan)
-    train_seconds = _fit(trainer, module, splits, plan)
+    train_seconds = _fit(trainer, module, splits, plan, compute)
     if not trainer.is_global_zero:  # DDP launched by torchrun: only global rank 0 writes
         metadata = {"global_rank": trainer.global_rank}
         return FitResult(out_dir / "bundle", card=None, metadata=metadata)  # type: ignore[arg-type]

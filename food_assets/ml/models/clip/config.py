@@ -111,6 +111,12 @@ class ClipConfig:
         description="linear probe: inverse L2 strengths tried on val",
     )
     max_iter: int = setting(1000, description="linear probe: L-BFGS iterations")
+    zero_shot_ensemble: Literal["off", "report", "bundle"] = setting(
+        "report",
+        description="linear probe: mix its logits with the zero-shot head's, weight alpha "
+        "picked on val (WiSE-FT, last layer): off | report (figures beside both) | bundle "
+        "(also store the mixed head as the probe's)",
+    )
     seed: int = setting(0, description="k-shot sampling and random init")
     device: str = setting("auto", description="cpu | cuda | cuda:1 | auto")
 
@@ -126,6 +132,10 @@ class ClipConfig:
         if not self.c_grid or any(not (float(c) > 0) for c in self.c_grid):
             raise ConfigError(
                 f"c_grid must be a non-empty list of positive numbers ({self.c_grid})"
+            )
+        if self.zero_shot_ensemble not in ("off", "report", "bundle"):
+            raise ConfigError(
+                f"zero_shot_ensemble {self.zero_shot_ensemble!r} is not one of off, report, bundle"
             )
         bad = [s for s in self.template_eval_splits if s not in ("train", "val", "test")]
         if bad:

@@ -34,6 +34,7 @@ from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import DataSourceError
 from food_assets.ml.models.bundle import FitResult, save_bundle
 from food_assets.ml.models.clip.config import ClipConfig
+from food_assets.ml.models.clip.ensemble import ensemble_metadata, ensemble_with_zero_shot
 from food_assets.ml.models.clip.loading import LoadedClip, load_clip
 from food_assets.ml.models.clip.metadata import (
     common_metadata,
@@ -312,10 +313,13 @@ def fit_clip_linear_probe(
     )
     feature_seconds = time.perf_counter() - t0
     fitted, parity = _fit_head(probe, feats, cfg, names)
+    ensemble = ensemble_with_zero_shot(probe, loaded, names, cfg, feats, device)
 
     kshot_path = write_parquet(out_dir / "kshot.parquet", fitted.kshot)
     plot_path = write_figure(out_dir / "kshot.png", kshot_figure(fitted.kshot, loaded.model_id))
     metrics = {"val/acc_top1": fitted.val_acc}
+    if ensemble is not None and cfg.zero_shot_ensemble == "bundle":
+        metrics["val/acc_top1"] = ensemble.scores["val/acc_top1_ensemble"]
     card = model_card(name, "linear_probe", loaded, names, metrics)
     bundle = save_bundle(out_dir / BUNDLE_DIR, probe, card)
     metadata = common_metadata(loaded, cfg)
@@ -329,6 +333,8 @@ def fit_clip_linear_probe(
             parity=parity,
         )
     )
+    if ensemble is not None:
+        metadata.update(ensemble_metadata(ensemble, cfg.zero_shot_ensemble))
     return FitResult(
         bundle_dir=bundle,
         card=card,
