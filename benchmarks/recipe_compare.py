@@ -144,11 +144,17 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of the script")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--epochs", type=int, help="training epochs (default 6; --quick: 2)")
     args = p.parse_args()
     full = dict(classes=10, per_class=80, epochs=6, image_size=96, batch=32, bootstrap=1000)
     quick = dict(classes=4, per_class=12, epochs=2, image_size=32, batch=8, bootstrap=200)
+    epochs = args.epochs
     for k, v in (quick if args.quick else full).items():
         setattr(args, k, v)
+    if epochs is not None:
+        if epochs < 2:
+            p.error("--epochs must be >= 2 (mixup switches off for the last epoch)")
+        args.epochs = epochs
     args.limit_batches = 2 if args.quick else None
 
     for name in ("lightning.pytorch", "lightning.fabric"):

@@ -12,7 +12,7 @@ import torch
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.evaluation.predict import predict_logits
 from food_assets.ml.models.bundle import load_bundle
-from food_assets.ml.training import ComputeConfig, train_model
+from food_assets.ml.training import ComputeConfig, TrainConfig, train_model
 from food_assets.ml.training.precision import (
     cpu_has_bf16,
     eval_autocast,
@@ -63,6 +63,39 @@ def test_compute_config_resolves_auto_for_the_trainer() -> None:
     assert kwargs["precision"] == ("bf16-mixed" if cpu_has_bf16() else "32-true")
     explicit = ComputeConfig(accelerator="cpu", precision="32-true").to_trainer_kwargs()
     assert explicit["precision"] == "32-true"
+
+
+def test_auto_keeps_fp32_on_cpu_for_architectures_bf16_does_not_speed_up() -> None:
+    """`precision: auto` picks bf16 on a bf16 CPU only for architectures where it pays
+    (`ModelSpec.cpu_bf16`): ResNet-50 trains 1.31x faster under bf16 here, EfficientNet-B0
+    0.86x (docs/benchmarks.md, `benchmarks/training_throughput.py --bf16`). A GPU and an
+    explicit precision are not affected.
+
+    Breakage caught: `cpu_bf16_pays` ignored by the resolver; a depthwise net's registry entry
+    losing `cpu_bf16=False`; ResNet-50 losing bf16; build_trainer not passing the entry's
+    choice to the Trainer.
+    """
+    from food_assets.ml.models import get_model_spec
+    from food_assets.ml.training.trainer import build_trainer
+
+    assert resolve_training_precision(
+        "auto", device_type="cpu", flags=ZEN4, cpu_bf16_pays=False
+    ) == ("32-true")
+    assert resolve_training_precision(
+        "auto", device_type="cuda", cuda_bf16=True, cpu_bf16_pays=False
+    ) == ("bf16-mixed")
+    assert resolve_training_precision("bf16-mixed", device_type="cpu", cpu_bf16_pays=False) == (
+        "bf16-mixed"
+    )
+    pays = {n: get_model_spec(n).cpu_bf16 for n in ("resnet50", "efficientnet_b0", "custom_cnn")}
+    assert pays == {"resnet50": True, "efficientnet_b0": False, "custom_cnn": False}
+    assert not get_model_spec("efficientnet_lite0").cpu_bf16
+    compute = ComputeConfig(accelerator="cpu", devices=1)
+    cfg = TrainConfig(mode="scratch", weights="none", epochs=1)
+    for cpu_bf16 in (True, False):
+        trainer, _ = build_trainer(cfg, compute, Path("/nonexistent"), cpu_bf16=cpu_bf16)
+        expected = "bf16-mixed" if (cpu_bf16 and cpu_has_bf16()) else "32-true"
+        assert trainer.precision == expected
 
 
 bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")

@@ -153,6 +153,10 @@ class ModelSpec:
         config_defaults: this model's defaults that differ from `config_cls`'s
             (`{"arch": "ViT-L-14"}`).
         kinds: tool labels (the Dagster UI shows them as the asset's kinds).
+        cpu_bf16: whether bf16 autocast speeds up this architecture's training on a CPU with
+            native bf16 (`precision: auto` picks bf16-mixed there only if so). False for the
+            depthwise-convolution nets, which train slower under bf16 on CPU
+            (`benchmarks/training_throughput.py --bf16`, docs/benchmarks.md).
     """
 
     name: str
@@ -169,6 +173,7 @@ class ModelSpec:
     weight_sources: tuple[WeightSource, ...] = ()
     config_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
     kinds: tuple[str, ...] = ("pytorch",)
+    cpu_bf16: bool = True
 
     @property
     def config_type(self) -> type:

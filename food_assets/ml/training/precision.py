@@ -48,6 +48,7 @@ def resolve_training_precision(
     device_type: str,
     flags: Iterable[str] | None = None,
     cuda_bf16: bool | None = None,
+    cpu_bf16_pays: bool = True,
 ) -> str:
     """The Lightning precision for `precision` (`auto` or an explicit Lightning value).
 
@@ -56,6 +57,8 @@ def resolve_training_precision(
         device_type: where the run trains: `cuda`, `cpu`, `mps` (`trainer_device_type`).
         flags: the CPU's feature flags; None: this CPU's.
         cuda_bf16: whether the GPU does bf16; None: ask torch.
+        cpu_bf16_pays: whether bf16 speeds up this architecture on a CPU (`ModelSpec.cpu_bf16`);
+            False keeps fp32 on the CPU even where it has bf16 instructions.
     """
     if precision != "auto":
         return precision
@@ -64,7 +67,7 @@ def resolve_training_precision(
             cuda_bf16 = torch.cuda.is_bf16_supported()
         return "bf16-mixed" if cuda_bf16 else "16-mixed"
     if device_type == "cpu":
-        return "bf16-mixed" if cpu_has_bf16(flags) else "32-true"
+        return "bf16-mixed" if cpu_bf16_pays and cpu_has_bf16(flags) else "32-true"
     return "32-true"
 
 

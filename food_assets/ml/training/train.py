@@ -39,6 +39,7 @@ from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import Augment
 from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
 from food_assets.ml.models.recipe import supports_layer_decay
+from food_assets.ml.models.registry import get_model_spec
 from food_assets.ml.training.callbacks import HISTORY_COLUMNS, TrainingHistory
 from food_assets.ml.training.checkpoints import (
     BEST_CKPT,
@@ -384,6 +385,7 @@ def train_model(
         callbacks=callbacks,
         progress_bar=progress_bar,
         default_root_dir=out_dir,
+        cpu_bf16=get_model_spec(model_name).cpu_bf16,
     )
     # From here on the request is known to be valid: touch the run folder.
     resumed_from_epoch = _claim_run_folder(plan, trainer, out_dir)

@@ -91,8 +91,10 @@ def build_trainer(
     callbacks: Sequence[pl.Callback] = (),
     progress_bar: bool = True,
     default_root_dir: Path | None = None,
+    cpu_bf16: bool = True,
 ) -> tuple[pl.Trainer, TrainingHistory]:
-    """The Trainer `train_model` uses (also used by the throughput benchmark)."""
+    """The Trainer `train_model` uses (also used by the throughput benchmark). `cpu_bf16`: the
+    model's `ModelSpec.cpu_bf16` (whether `precision: auto` may pick bf16 on a CPU)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     history = TrainingHistory()
@@ -101,7 +103,7 @@ def build_trainer(
     recipe = trainer_options(compute)
     try:
         trainer = pl.Trainer(
-            **compute.to_trainer_kwargs(),
+            **compute.to_trainer_kwargs(cpu_bf16=cpu_bf16),
             **recipe,
             max_epochs=cfg.epochs,
             limit_train_batches=cfg.limit_train_batches,
