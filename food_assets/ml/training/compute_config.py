@@ -65,7 +65,9 @@ class ComputeConfig:
         "workers only read file bytes. auto: on when training on CUDA; on: CUDA required",
     )
     channels_last: Literal["auto", "on", "off"] = setting(
-        "auto", description="NHWC memory format for model and batches; auto: on CUDA"
+        "auto",
+        description="NHWC memory format for model and batches; auto: on CUDA and on CPUs with "
+        "AVX-512",
     )
     cudnn_benchmark: Literal["auto", "on", "off"] = setting(
         "auto",

@@ -108,7 +108,7 @@ class ClassifierModule(pl.LightningModule):
         )
         self.backbone_frozen = False
         self.use_channels_last = False
-        # Set by the compute recipe (ComputeConfig.channels_last); None: on with CUDA.
+        # Set by the compute recipe (ComputeConfig.channels_last); None (no recipe): on with CUDA.
         self.channels_last: bool | None = None
         if mode == "feature_extract":
             self.set_backbone_trainable(False)
