@@ -26,6 +26,11 @@ work on a shared machine than wall time), first steps left out as warm-up. Targe
     .venv/bin/python benchmarks/training_throughput.py --bf16                  # ~5 min on 2 cores
     .venv/bin/python benchmarks/training_throughput.py --bf16 --channels-last
     .venv/bin/python benchmarks/training_throughput.py --bf16 --quick          # dry run, seconds
+
+`--layout` measures NHWC (channels_last) against NCHW training steps the same way, each model at
+the precision `precision: auto` gives it on this CPU (ADR 0018):
+
+    .venv/bin/python benchmarks/training_throughput.py --layout                # ~4 min on 2 cores
 """
 
 from __future__ import annotations
@@ -155,14 +160,28 @@ def main() -> None:
     parser.add_argument(
         "--bf16", action="store_true", help="bf16-mixed vs fp32 on the CPU, --models at 96 px"
     )
-    parser.add_argument("--models", default="resnet50,efficientnet_b0", help="with --bf16")
+    parser.add_argument(
+        "--layout",
+        action="store_true",
+        help="NHWC vs NCHW on the CPU at each model's auto precision, --models at 96 px",
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="with --bf16 (default resnet50,efficientnet_b0) or --layout (default: the five CNNs)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="with --bf16: NHWC")
     parser.add_argument(
-        "--quick", action="store_true", help="with --bf16: custom_cnn, 32 px, 3 steps (dry run)"
+        "--quick",
+        action="store_true",
+        help="with --bf16 or --layout: custom_cnn, 32 px, 3 steps (dry run)",
     )
     args = parser.parse_args()
     if args.bf16:
         compare_bf16(args)
+        return
+    if args.layout:
+        compare_layout(args)
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -247,49 +266,105 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, *, bf16: boo
     return time.process_time() - start
 
 
-def compare_bf16(args: argparse.Namespace) -> None:
-    """bf16-mixed vs fp32 training steps on the CPU, same model, data and run (see the
-    module docstring)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from food_assets.ml.models.registry import create_model
-    from food_assets.ml.training.precision import cpu_has_bf16
+def _alternate(
+    template: nn.Module,
+    sides: dict[str, tuple[torch.memory_format, bool]],
+    batches,
+    args,
+    *,
+    steps: int,
+    warmup: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Train one copy of `template` per side (memory format, bf16), one step each in turn on
+    the same batches; images/s from the median wall step and the median CPU s/step."""
+    models = {}
+    for label, (fmt, _) in sides.items():
+        model = copy.deepcopy(template).to(memory_format=fmt).train()
+        models[label] = (model, torch.optim.AdamW(model.parameters(), lr=args.lr))
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
+    wall: dict[str, list[float]] = {k: [] for k in sides}
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        for label, (model, opt) in models.items():  # alternate: load hits both alike
+            fmt, bf16 = sides[label]
+            xs = x.contiguous(memory_format=fmt)
+            t0 = time.perf_counter()
+            seconds = _train_step(model, opt, xs, y, bf16=bf16)
+            if step >= warmup:
+                cpu[label].append(seconds)
+                wall[label].append(time.perf_counter() - t0)
+    batch = len(batches[0][1])
+    ips = {k: batch / statistics.median(v) for k, v in wall.items()}
+    return ips, {k: statistics.median(v) for k, v in cpu.items()}
 
-    models = ["custom_cnn"] if args.quick else args.models.split(",")
+
+def _setup(args: argparse.Namespace, default_models: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    models = ["custom_cnn"] if args.quick else (args.models or default_models).split(",")
     size = 32 if args.quick else 96
     steps, warmup = (3, 1) if args.quick else (12, 2)
     batch = 8 if args.quick else args.batch
+    data = make_data(batch * 2, size, args.num_classes)
+    return models, size, steps, warmup, batch, list(DataLoader(data, batch_size=batch))
+
+
+def compare_bf16(args: argparse.Namespace) -> None:
+    """bf16-mixed vs fp32 training steps on the CPU, same model, data and run (see the
+    module docstring)."""
+    from food_assets.ml.models.registry import create_model
+    from food_assets.ml.training.precision import cpu_has_bf16
+
+    models, size, steps, warmup, batch, batches = _setup(args, "resnet50,efficientnet_b0")
     print(
         f"bf16 vs fp32 training on the CPU: batch={batch} size={size} steps={steps} "
         f"(first {warmup} left out) channels_last={args.channels_last} "
         f"cpu_bf16={cpu_has_bf16()} torch_threads={torch.get_num_threads()}"
     )
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    data = make_data(batch * 2, size, args.num_classes)
-    batches = [(x.contiguous(memory_format=fmt), y) for x, y in DataLoader(data, batch_size=batch)]
     for name in models:
         pl.seed_everything(0, verbose=False)
         template = create_model(name, num_classes=args.num_classes, weights="none")
-        sides = {}
-        for label in ("fp32", "bf16"):
-            model = copy.deepcopy(template).to(memory_format=fmt).train()
-            sides[label] = (model, torch.optim.AdamW(model.parameters(), lr=args.lr))
-        cpu: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        wall: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for step in range(steps):
-            x, y = batches[step % len(batches)]
-            for label, (model, opt) in sides.items():  # alternate: load hits both alike
-                t0 = time.perf_counter()
-                seconds = _train_step(model, opt, x, y, bf16=label == "bf16")
-                if step >= warmup:
-                    cpu[label].append(seconds)
-                    wall[label].append(time.perf_counter() - t0)
-        ips = {k: batch / statistics.median(v) for k, v in wall.items()}
-        cpu_s = {k: statistics.median(v) for k, v in cpu.items()}
+        sides = {"fp32": (fmt, False), "bf16": (fmt, True)}
+        ips, cpu_s = _alternate(template, sides, batches, args, steps=steps, warmup=warmup)
         print(
             f"{name:16s} fp32 {ips['fp32']:7.1f} img/s ({cpu_s['fp32']:.3f} CPU s/step)   "
             f"bf16 {ips['bf16']:7.1f} img/s ({cpu_s['bf16']:.3f} CPU s/step)   "
             f"bf16/fp32: {ips['bf16'] / ips['fp32']:.2f}x wall, "
             f"{cpu_s['fp32'] / cpu_s['bf16']:.2f}x CPU   (target >= 1.3)"
+        )
+
+
+def compare_layout(args: argparse.Namespace) -> None:
+    """NHWC (channels_last) vs NCHW training steps on the CPU, each registry CNN at the precision
+    `precision: auto` trains it in on this CPU (ADR 0018: `channels_last: auto` is on with
+    AVX-512)."""
+    from food_assets.ml.models.registry import create_model, get_model_spec
+    from food_assets.ml.training.compute import channels_last_for
+    from food_assets.ml.training.precision import resolve_training_precision
+
+    models, size, steps, warmup, batch, batches = _setup(
+        args, "custom_cnn,resnet50,efficientnet_b0,efficientnet_lite0,efficientnet_lite2"
+    )
+    print(
+        f"NHWC vs NCHW training on the CPU: batch={batch} size={size} steps={steps} "
+        f"(first {warmup} left out) channels_last auto here: "
+        f"{channels_last_for('auto', cuda=False)} torch_threads={torch.get_num_threads()}"
+    )
+    nchw, nhwc = torch.contiguous_format, torch.channels_last
+    for name in models:
+        pl.seed_everything(0, verbose=False)
+        template = create_model(name, num_classes=args.num_classes, weights="none")
+        precision = resolve_training_precision(
+            "auto", device_type="cpu", cpu_bf16_pays=get_model_spec(name).cpu_bf16
+        )
+        bf16 = precision == "bf16-mixed"
+        sides = {"nchw": (nchw, bf16), "nhwc": (nhwc, bf16)}
+        ips, cpu_s = _alternate(template, sides, batches, args, steps=steps, warmup=warmup)
+        print(
+            f"{name:18s} {precision:10s} NCHW {ips['nchw']:6.1f} img/s "
+            f"({cpu_s['nchw']:.3f} CPU s/step)   NHWC {ips['nhwc']:6.1f} img/s "
+            f"({cpu_s['nhwc']:.3f} CPU s/step)   NHWC/NCHW: {ips['nhwc'] / ips['nchw']:.2f}x wall, "
+            f"{cpu_s['nchw'] / cpu_s['nhwc']:.2f}x CPU"
         )
 
 

@@ -173,7 +173,7 @@ class _Seen(pl.Callback):
 
 def test_channels_last_auto_is_on_with_cuda_and_on_avx512_cpus_only() -> None:
     """Breakage caught: `auto` turning NHWC on for a CPU where it was never measured (or off on
-    the AVX-512 CPUs where every registry CNN trained 1.2-1.4x faster in it), or overriding an
+    the AVX-512 CPUs where every registry CNN trained 1.23-1.31x faster in it), or overriding an
     explicit `on`/`off`."""
     avx512, avx2 = {"avx2", "avx512_f", "avx512_bw"}, {"avx2", "fma3"}
     assert channels_last_for("auto", cuda=False, flags=avx512) is True

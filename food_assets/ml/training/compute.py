@@ -152,7 +152,7 @@ def resolve_loader(
 
 #: CPU flags under which `channels_last: auto` trains in NHWC on the CPU: oneDNN's AVX-512
 #: convolution kernels are written for NHWC, and measured there every registry CNN trained
-#: faster in it (1.2-1.4x per step at 96 px, docs/benchmarks.md, "channels_last on the CPU").
+#: faster in it (1.23-1.31x images/s at 96 px: `benchmarks/training_throughput.py --layout`).
 CPU_NHWC_FLAGS = frozenset({"avx512_f"})
 
 
