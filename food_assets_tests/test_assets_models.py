@@ -167,8 +167,11 @@ def test_one_mlflow_run_per_model_with_params_metrics_and_artifacts(graph_run):
 
 
 def test_evaluation_predictions_match_a_fresh_forward_pass(graph_run):
-    """The saved checkpoint reproduces the logits evaluation used (same top-1 everywhere)."""
+    """The saved checkpoint reproduces the logits evaluation used (same top-1 everywhere), run
+    at the precision evaluation's `auto` resolved to on this machine (bf16 autocast on a bf16
+    CPU: an fp32 pass can flip a near tie, which is not what this test is about)."""
     from food_assets.ml.data.transforms import ImagePipeline
+    from food_assets.ml.training.precision import eval_autocast, resolve_eval_precision
 
     value = graph_run["result"].output_for_node("model_efficientnet_lite0")
     model, card = load_bundle(value.bundle_dir)
@@ -176,7 +179,8 @@ def test_evaluation_predictions_match_a_fresh_forward_pass(graph_run):
     preds = pd.read_parquet(report.files["predictions"])
     pipeline = ImagePipeline(card.preprocess)
     x = torch.stack([pipeline(p) for p in preds["path"]])
-    with torch.inference_mode():
+    precision = resolve_eval_precision("auto", "cpu")
+    with torch.inference_mode(), eval_autocast(precision, "cpu"):
         top1 = model(x).argmax(1).numpy()
     names = np.array(card.class_names)
     pred_col = next(c for c in preds.columns if c in ("pred", "pred_class", "top1_class", "top1"))
