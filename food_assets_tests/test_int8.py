@@ -29,6 +29,7 @@ from food_assets.ml.export.quantize import (
 )
 from food_assets.ml.inference import load_predictor
 from food_assets.ml.inference.predictor import OnnxPredictor
+from food_assets.ml.inference.serving import auto_label
 from food_assets.ml.models.bundle import load_bundle
 
 pytestmark = [
@@ -215,28 +216,36 @@ def test_constant_calibration_fails_the_gate_and_the_file_is_never_served(sample
     assert "Traceback" not in out.stderr + out.stdout
 
 
+def _latency(ratio):
+    return lambda r: {**r, "latency": {"by_batch": {"1": {"int8_over_fp32": ratio}}}}
+
+
 @pytest.mark.parametrize(
-    ("change", "auto", "int8_ok"),
+    ("change", "auto", "int8_ok", "label"),
     [
-        (None, None, True),  # as exported: int8 iff it was measured faster
-        (lambda r: {**r, "latency": {"by_batch": {"1": {"int8_over_fp32": 0.5}}}}, "int8", True),
-        (lambda r: {**r, "latency": {"by_batch": {"1": {"int8_over_fp32": 1.4}}}}, "fp32", True),
-        (lambda r: {**r, "latency": None}, "fp32", True),  # not measured: not "faster"
-        (lambda r: {**r, "gate": {**r["gate"], "passed": False}}, "fp32", False),
-        (lambda r: {**r, "gate": None}, "fp32", False),  # never gated
-        (lambda r: {**r, "source_graph_sha256": "0" * 64}, "fp32", False),  # stale
+        (None, None, True, None),  # as exported: int8 iff it was measured faster
+        (_latency(0.5), "int8", True, "int8 (0.50x)"),
+        (_latency(1.4), "fp32", True, "fp32 (int8 1.40x)"),
+        (lambda r: {**r, "latency": None}, "fp32", True, "fp32 (int8 not timed)"),
+        (lambda r: {**r, "gate": {**r["gate"], "passed": False}}, "fp32", False,
+         "fp32 (int8 failed its gate)"),
+        (lambda r: {**r, "gate": None}, "fp32", False, "fp32 (int8 never gated)"),
+        (lambda r: {**r, "source_graph_sha256": "0" * 64}, "fp32", False, "fp32 (int8 stale)"),
     ],
-)
+)  # fmt: skip
 def test_precision_auto_picks_int8_only_when_it_passed_and_was_faster(
-    sample, tmp_path, change, auto, int8_ok
+    sample, tmp_path, change, auto, int8_ok, label
 ) -> None:
     """Breakage caught: auto serving int8 that failed, was never gated, is stale or was not
-    faster; or explicit int8 refused when it is fine."""
+    faster; explicit int8 refused when it is fine; `food-assets models`' `auto serves` cell
+    (`auto_label`) saying something else than what auto serves."""
     folder = _copy_export(sample, tmp_path / "export", change)
     _, meta = load_onnx(int8_path(folder / "model.onnx"))
     if auto is None:
         ratio = meta.int8["latency"]["by_batch"]["1"]["int8_over_fp32"]
         auto = "int8" if ratio < 1 else "fp32"
+        label = f"int8 ({ratio:.2f}x)" if ratio < 1 else f"fp32 (int8 {ratio:.2f}x)"
+    assert auto_label(folder) == auto_label(folder / "model.onnx") == label
     chosen = load_predictor(folder, precision="auto")
     assert chosen.choice.precision == auto and chosen.path.name == (
         "model_int8.onnx" if auto == "int8" else "model.onnx"
@@ -267,6 +276,7 @@ def test_int8_off_removes_a_stale_int8_file(sample, tmp_path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["latency.json", "model.onnx", "parity.json"]
     with pytest.raises(ConfigError, match="there is none"):
         load_predictor(folder, precision="int8")
+    assert auto_label(folder) == "fp32 (no int8)"
 
 
 def test_bad_precision_is_a_clear_error(sample) -> None:
@@ -314,6 +324,12 @@ def test_the_onnx_asset_writes_int8_with_its_check_and_the_leaderboard_shows_it(
     served = "int8" if check.passed and row["ort_int8_ms_b1"] < row["ort_fp32_ms_b1"] else "fp32"
     assert row["serving"] == served
     assert row["latency_ms"] == row["ort_int8_ms_b1" if served == "int8" else "ort_fp32_ms_b1"]
+    # `food-assets models` says the same, in its `auto serves` column.
+    out = CliRunner().invoke(app, ["--data-dir", str(graph_run["data_dir"]), "models"],
+                             env={"COLUMNS": "200"})  # fmt: skip
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.stdout.splitlines() if f" {name} " in x)
+    assert f" {served} (" in line, line
 
 
 @pytest.mark.parametrize("fails_run", [False, True])

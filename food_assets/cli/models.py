@@ -10,14 +10,17 @@ from food_assets.cli.common import data_dir, stdout_console, user_errors
 
 @user_errors
 def models(ctx: typer.Context) -> None:
-    """List the registry's models and what has been materialized (bundle, ONNX, accuracy)."""
+    """List the registry's models and what has been materialized (bundle, ONNX and which
+    precision `--precision auto` serves, accuracy)."""
     from food_assets import catalog
     from food_assets.ml.models.registry import get_model_spec, list_models
 
     storage = catalog.open_storage(data_dir(ctx))
     found = {m.name: m for m in catalog.list_materialized(storage)}
     table = Table(title=f"models (artifacts under {storage.url})", title_justify="left")
-    for col in ("model", "family", "default weights", "exportable", "bundle", "ONNX", "test acc"):
+    columns = ("model", "family", "default weights", "exportable", "bundle", "ONNX", "auto serves",
+               "test acc")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right" if col == "test acc" else "left")
     for name in list_models():
         spec = get_model_spec(name)
@@ -30,6 +33,7 @@ def models(ctx: typer.Context) -> None:
             "yes" if spec.onnx else "no",
             "yes" if m and m.bundle_dir else "-",
             "yes" if m and m.onnx_path else "-",
+            _served(m.onnx_path) if m and m.onnx_path else "-",
             f"{acc:.3f}" if isinstance(acc, int | float) else "-",
         )
     stdout_console().print(table)
@@ -42,6 +46,19 @@ def models(ctx: typer.Context) -> None:
     typer.echo(
         "Train one with `food-assets train NAME`; predict with `food-assets predict -m NAME`."
     )
+
+
+def _served(onnx_path) -> str:
+    """The `auto serves` cell: what `predict --precision auto` would load from the export (the
+    serving rule, `ml/inference/serving.py`); an unreadable export says so, the table still
+    prints."""
+    from food_assets.ml.errors import FoodAssetsError
+    from food_assets.ml.inference.serving import auto_label
+
+    try:
+        return auto_label(onnx_path)
+    except FoodAssetsError as exc:
+        return f"unreadable ({type(exc).__name__})"
 
 
 def _champion(root) -> str | None:

@@ -162,23 +162,73 @@ def choose_export(path: str | os.PathLike[str], precision: str = "auto") -> Expo
             why and how to fix it).
         CheckpointError: unreadable files.
     """
-    from food_assets.ml.export.metadata import K_GRAPH_SHA
-
     check_precision(precision)
-    path = Path(path)
-    fp32, int8 = _split_exports(path)
-    record = _int8_record(int8) if int8 is not None else None
-    fp32_sha = _read_props(fp32).get(K_GRAPH_SHA) if fp32 is not None and int8 else None
-    if int8 is None:
-        ok, why = False, "there is none (the export was made with int8 off, or before int8)"
-    else:
-        ok, why = int8_status(record, fp32_sha)
+    facts = _Facts.read(Path(path))
     chosen, reason = decide(
-        precision, has_fp32=fp32 is not None, int8_ok=ok, int8_why=why, ratio=int8_speedup(record)
+        precision,
+        has_fp32=facts.fp32 is not None,
+        int8_ok=facts.int8_ok,
+        int8_why=facts.int8_why,
+        ratio=facts.ratio,
     )
-    target = int8 if chosen == "int8" else fp32
+    target = facts.int8 if chosen == "int8" else facts.fp32
     assert target is not None  # `decide` raised otherwise
     return ExportChoice(target, chosen, reason)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the serving rule reads from an export folder or file."""
+
+    fp32: Path | None
+    int8: Path | None
+    int8_ok: bool
+    int8_why: str
+    int8_verdict: str  # a few words: "none", "passed", "failed its gate", "never gated", "stale"
+    ratio: float | None
+
+    @classmethod
+    def read(cls, path: Path) -> _Facts:
+        from food_assets.ml.export.metadata import K_GRAPH_SHA
+
+        fp32, int8 = _split_exports(path)
+        record = _int8_record(int8) if int8 is not None else None
+        fp32_sha = _read_props(fp32).get(K_GRAPH_SHA) if fp32 is not None and int8 else None
+        if int8 is None:
+            ok, why = False, "there is none (the export was made with int8 off, or before int8)"
+            verdict = "none"
+        else:
+            ok, why = int8_status(record, fp32_sha)
+            gate = (record or {}).get("gate")
+            if ok:
+                verdict = "passed"
+            elif not isinstance(gate, Mapping):
+                verdict = "never gated"
+            elif gate.get("passed") is not True:
+                verdict = "failed its gate"
+            else:
+                verdict = "stale"
+        return cls(fp32, int8, ok, why, verdict, int8_speedup(record))
+
+
+def auto_label(path: str | os.PathLike[str]) -> str:
+    """What `--precision auto` serves from an export, in a few words for a table
+    (`food-assets models`): `int8 (0.56x)`, or `fp32` with why int8 is not served."""
+    facts = _Facts.read(Path(path))
+    chosen, _ = decide(
+        "auto",
+        has_fp32=facts.fp32 is not None,
+        int8_ok=facts.int8_ok,
+        int8_why=facts.int8_why,
+        ratio=facts.ratio,
+    )
+    if chosen == "int8":
+        return f"int8 ({facts.ratio:.2f}x)" if facts.ratio else "int8"
+    if facts.int8_verdict == "none":
+        return "fp32 (no int8)"
+    if facts.int8_ok:  # passed, but not measured faster
+        return f"fp32 (int8 {facts.ratio:.2f}x)" if facts.ratio else "fp32 (int8 not timed)"
+    return f"fp32 (int8 {facts.int8_verdict})"
 
 
 #: The leaderboard's latency columns: (backend in latency rows, batch) per column.
