@@ -12,7 +12,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch/torchvision are pinned in pyproject (2.14.1 / 0.29.1): pip takes them from the local
 # wheel cache where there is one instead of downloading several GB.
-.venv/bin/pip install -q -e '.[dev,demo,team]'
+# pip's own "already satisfied" check takes ~5 s on 2 cores, paid by every `make run` and
+# `make test`; so it runs only when pyproject.toml changed since the last install (its hash is
+# kept in .venv) or food_assets does not import. FOOD_ASSETS_REINSTALL=1 forces it (after
+# removing a package by hand, say).
+stamp=.venv/.food_assets-pyproject.sha256
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "${FOOD_ASSETS_REINSTALL:-0}" = "1" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+    || ! .venv/bin/python -c 'import food_assets' 2>/dev/null; then
+  .venv/bin/pip install -q -e '.[dev,demo,team]'
+  echo "$want" > "$stamp"
+fi
 
 if [ "${FOOD_ASSETS_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
   need=()
@@ -26,4 +36,4 @@ if [ "${FOOD_ASSETS_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 fi
-echo "environment ready: .venv ($(.venv/bin/python -c 'import torch, dagster; print("torch", torch.__version__, "dagster", dagster.__version__)'))"
+echo "environment ready: .venv ($(.venv/bin/python -c 'from importlib.metadata import version as v; print("torch", v("torch"), "dagster", v("dagster"))'))"
