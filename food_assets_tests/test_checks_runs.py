@@ -137,9 +137,9 @@ def test_a_skipped_models_checks_fail_at_warn_and_block_nothing(
     resources, small_sample_config, mlflow_isolated
 ):
     """`model_clip_zero_shot` is skipped (no CLIP weights here). Its evaluation, Grad-CAM and
-    ONNX checks must each report a WARN failure "not evaluated: ...", and the blocking accuracy
-    check failing at WARN must not stop `onnx_clip_zero_shot` (downstream of the evaluation):
-    the run succeeds. Catches `passed=True` for a skipped model (the old behaviour), and
+    ONNX checks (parity and int8) must each report a WARN failure "not evaluated: ...", and the
+    blocking accuracy check failing at WARN must not stop `onnx_clip_zero_shot` (downstream of
+    the evaluation): the run succeeds. Catches `passed=True` for a skipped model (the old behaviour), and
     `severity=ERROR` (which would fail the run and block the export)."""
     defs = build_definitions(resources)
     name = "clip_zero_shot"
@@ -158,6 +158,7 @@ def test_a_skipped_models_checks_fail_at_warn_and_block_nothing(
         (f"evaluation_{name}", "accuracy_above_floor"),
         (f"gradcam_{name}", "gradcam_sanity"),
         (f"onnx_{name}", "onnx_parity"),
+        (f"onnx_{name}", "int8_accuracy"),
     ]:
         evaluation = evaluations[(asset, check)]
         assert (evaluation.passed, evaluation.severity) == (False, WARN), asset
@@ -182,10 +183,11 @@ def test_the_graph_run_lists_skipped_models_and_their_checks_did_not_pass(graph_
             (f"evaluation_{name}", "accuracy_above_floor"),
             (f"gradcam_{name}", "gradcam_sanity"),
             (f"onnx_{name}", "onnx_parity"),
+            (f"onnx_{name}", "int8_accuracy"),
         ]:
             evaluation = evaluations[(asset, check)]
-            assert (evaluation.passed, evaluation.severity) == (False, WARN), asset
-            assert evaluation.description.startswith("not evaluated: "), asset
+            assert (evaluation.passed, evaluation.severity) == (False, WARN), (asset, check)
+            assert evaluation.description.startswith("not evaluated: "), (asset, check)
     assert "leaderboard" in _materialized(result)
     table = result.output_for_node("leaderboard")
     assert sorted(table["model"]) == sorted(TRAINED)
