@@ -1,0 +1,60 @@
+"""The issue #14 benchmark scripts still run and print their comparison.
+
+docs/benchmarks.md quotes `benchmarks/training_throughput.py --layout` / `--bf16` and
+`benchmarks/int8_variants.py`; a script that no longer runs makes those figures unrepeatable.
+Each runs in a fresh process at a tiny size (their `--quick` modes, or a tiny `--size`) and its
+printed rows are parsed: every model gets a row, every ratio is a positive number, and the
+int8 variants are real ONNX Runtime sessions that ran. Speed itself is not asserted (2 shared
+cores); the ratios are the scripts' job, on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # each script imports torch, Lightning and ONNX Runtime afresh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_training_throughput_layout_and_bf16_quick_print_one_ratio_per_model() -> None:
+    """Breakage caught: `--layout` or `--bf16` crashing, or a side not measured (no ratio)."""
+    layout = _run("benchmarks/training_throughput.py", "--layout", "--quick")
+    rows = re.findall(r"^custom_cnn\s+(\S+)\s+NCHW.*NHWC/NCHW: ([\d.]+)x wall", layout, re.M)
+    assert len(rows) == 1 and rows[0][0] in ("32-true", "bf16-mixed"), layout
+    assert float(rows[0][1]) > 0
+    bf16 = _run("benchmarks/training_throughput.py", "--bf16", "--quick")
+    ratios = re.findall(r"^custom_cnn\s+fp32.*bf16/fp32: ([\d.]+)x wall", bf16, re.M)
+    assert len(ratios) == 1 and float(ratios[0]) > 0, bf16
+
+
+def test_int8_variants_times_every_variant_against_fp32() -> None:
+    """Breakage caught: a `QuantizeConfig` variant that no longer quantizes, or a variant
+    missing from the printed table."""
+    out = _run(
+        "benchmarks/int8_variants.py", "--models", "custom_cnn", "--size", "32", "--rounds", "2"
+    )
+    spec = importlib.util.spec_from_file_location(
+        "int8_variants", ROOT / "benchmarks/int8_variants.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # top level: argparse and a dict, nothing heavy
+    rows = dict(re.findall(r"^  (.+?)\s+[\d.]+ ms\s+([\d.]+)x fp32$", out, re.M))
+    assert set(rows) == {"fp32", *module.VARIANTS}, out
+    assert rows["fp32"] == "1.00" and all(float(v) > 0 for v in rows.values())
