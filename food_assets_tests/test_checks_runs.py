@@ -139,8 +139,8 @@ def test_a_skipped_models_checks_fail_at_warn_and_block_nothing(
     """`model_clip_zero_shot` is skipped (no CLIP weights here). Its evaluation, Grad-CAM and
     ONNX checks (parity and int8) must each report a WARN failure "not evaluated: ...", and the
     blocking accuracy check failing at WARN must not stop `onnx_clip_zero_shot` (downstream of
-    the evaluation): the run succeeds. Catches `passed=True` for a skipped model (the old behaviour), and
-    `severity=ERROR` (which would fail the run and block the export)."""
+    the evaluation): the run succeeds. Catches `passed=True` for a skipped model (the old
+    behaviour), and `severity=ERROR` (which would fail the run and block the export)."""
     defs = build_definitions(resources)
     name = "clip_zero_shot"
     keys = [f"{p}_{name}" for p in ("model", "evaluation", "gradcam", "onnx")]

@@ -72,6 +72,32 @@ def test_create_session_options(model_file, monkeypatch) -> None:
         assert create_session(model_file, providers=both).get_providers() == both
 
 
+def test_create_session_spinning_follows_the_argument_else_omp_wait_policy(
+    model_file, monkeypatch
+) -> None:
+    """Breakage caught: the spinning entries not set (ORT's wheel then spins, taking the cores
+    from torch), set on one pool only, inverted, or `OMP_WAIT_POLICY` read case- or
+    space-sensitively (ADR 0003)."""
+
+    def entries(session) -> tuple[str, str]:
+        opts = session.get_session_options()
+        return tuple(
+            opts.get_session_config_entry(f"session.{pool}.allow_spinning")
+            for pool in ("intra_op", "inter_op")
+        )
+
+    assert entries(create_session(model_file, spinning=True)) == ("1", "1")
+    assert entries(create_session(model_file, spinning=False)) == ("0", "0")
+    for policy, spins in ((" active ", True), ("ACTIVE", True), ("passive", False), ("", False)):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        assert E.default_spinning() is spins, policy
+        expected = ("1", "1") if spins else ("0", "0")
+        assert entries(create_session(model_file)) == expected, policy
+        assert entries(create_session(model_file, spinning=not spins)) != expected, policy
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert E.default_spinning() is False
+
+
 def test_create_session_errors_name_the_file_or_the_bytes(tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
