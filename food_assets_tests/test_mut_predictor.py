@@ -21,7 +21,7 @@ from PIL import Image
 
 from food_assets.ml.data.images import ImageDecodeError
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
-from food_assets.ml.errors import CheckpointError, DataSourceError
+from food_assets.ml.errors import CheckpointError, ConfigError, DataSourceError
 from food_assets.ml.inference.predictor import (
     OnnxPredictor,
     PredictionResult,
@@ -434,3 +434,85 @@ def test_iter_image_files_skips_symlinked_folders_and_entries_it_cannot_stat(
     (tmp_path / "up").symlink_to(".")  # a symlinked folder is not entered (it would loop)
     got = [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)]
     assert got == ["a.png", "c.png", "link.png", "real/d.png"]
+
+
+# --- int8 exports (issue #14): the serving rule's last line of defence ---------------------------
+
+
+def _int8_record(passed: bool | None, *, ratio: float = 0.5) -> dict:
+    gate = None if passed is None else {"passed": passed, "description": "agreement 99.5%"}
+    return {"gate": gate, "latency": {"by_batch": {"1": {"int8_over_fp32": ratio}}}}
+
+
+def _export_folder(folder: Path, *, int8_passed: bool | None = True, fp32: bool = True) -> Path:
+    """An onnx_<name>-like folder: `model.onnx` (fp32) and `model_int8.onnx`, whose record
+    names the fp32 graph it was made from (as `quantize_onnx` writes it)."""
+    import onnx
+
+    from food_assets.ml.export.metadata import K_GRAPH_SHA
+
+    record = _int8_record(int8_passed)
+    if fp32:
+        f = tiny_onnx(folder / "model.onnx", W, class_names=CLASSES, preprocess=PRE, model_name="f")
+        props = {p.key: p.value for p in onnx.load(str(f)).metadata_props}
+        record["source_graph_sha256"] = props[K_GRAPH_SHA]
+    tiny_onnx(folder / "model_int8.onnx", W * 2, class_names=CLASSES, preprocess=PRE,
+              model_name="q", precision="int8", int8=record)  # fmt: skip
+    return folder
+
+
+def test_an_int8_file_is_served_only_with_a_passed_gate(tmp_path: Path) -> None:
+    """Breakage caught: `OnnxPredictor` serving an int8 file that failed or never had its gate
+    when named directly, the check skipped for int8, its message losing the reason or the fix."""
+    folder = _export_folder(tmp_path / "ok", int8_passed=True)
+    p = OnnxPredictor(folder / "model_int8.onnx", threads=1)
+    assert (p.precision, p.choice.precision, p.model_name) == ("int8", "int8", "q")
+    assert p.choice.path == folder / "model_int8.onnx" and p.choice.reason == "int8 file given"
+    assert p._session.get_session_options().intra_op_num_threads == 1
+    fp32 = OnnxPredictor(folder / "model.onnx")
+    assert (fp32.precision, fp32.choice.reason) == ("fp32", "fp32 file given")
+    for passed, why in ((False, "it failed its accuracy gate"), (None, "it was never gated")):
+        bad = _export_folder(tmp_path / f"bad_{passed}", int8_passed=passed)
+        with pytest.raises(ConfigError) as err:
+            OnnxPredictor(bad / "model_int8.onnx")
+        msg = str(err.value)
+        assert msg.startswith(f"{bad / 'model_int8.onnx'} is an int8 export that cannot be")
+        assert why in msg and "--precision fp32" in msg and "re-materialize onnx_<name>" in msg
+
+
+def test_load_predictor_passes_the_precision_to_the_serving_rule(tmp_path: Path) -> None:
+    """Breakage caught: `precision` not reaching `choose_export` (auto always, or fp32 always),
+    the chosen file not the one loaded, the choice not attached to the predictor."""
+    folder = _export_folder(tmp_path / "e", int8_passed=True)
+    expected = {"auto": ("int8", "q"), "int8": ("int8", "q"), "fp32": ("fp32", "f")}
+    for precision, (chosen, name) in expected.items():
+        p = load_predictor(folder, precision=precision)
+        assert (p.choice.precision, p.precision, p.model_name) == (chosen, chosen, name)
+        assert p.choice.path.name == ("model_int8.onnx" if chosen == "int8" else "model.onnx")
+        assert load_predictor(folder / "model.onnx", precision=precision).model_name == name
+    with pytest.raises(ConfigError, match="must be one of auto, fp32, int8"):
+        load_predictor(folder, precision="fp16")
+
+
+def test_export_folders_are_recognised_with_their_int8_twin(tmp_path: Path, bundle) -> None:
+    """Breakage caught: a folder holding `model.onnx` and `model_int8.onnx` (or the int8 file
+    alone) not taken for an export folder, two fp32 or two int8 files taken for one, a bundle
+    folder (card.json) taken for one, hidden files counted."""
+    both = _export_folder(tmp_path / "both")
+    assert load_predictor(both, precision="fp32").model_name == "f"
+    alone = _export_folder(tmp_path / "alone", fp32=False)
+    assert load_predictor(alone).model_name == "q"
+    (alone / ".model_int8.onnx").write_bytes(b"a hidden temporary")
+    (alone / ".other.onnx").write_bytes(b"another")
+    assert load_predictor(alone, precision="int8").model_name == "q"
+    two_int8 = _export_folder(tmp_path / "two_int8", fp32=False)
+    tiny_onnx(two_int8 / "other_int8.onnx", W, class_names=CLASSES, preprocess=PRE,
+              precision="int8", int8=_int8_record(True))  # fmt: skip
+    two_fp32 = _export_folder(tmp_path / "two_fp32")
+    tiny_onnx(two_fp32 / "other.onnx", W, class_names=CLASSES, preprocess=PRE)
+    for folder in (two_int8, two_fp32):
+        with pytest.raises(CheckpointError, match="neither an .onnx file nor a model bundle"):
+            load_predictor(folder)
+    bundle_with_onnx = bundle[0]
+    tiny_onnx(bundle_with_onnx / "stray.onnx", W, class_names=CLASSES, preprocess=PRE)
+    assert isinstance(load_predictor(bundle_with_onnx), TorchPredictor)

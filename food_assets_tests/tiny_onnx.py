@@ -27,8 +27,13 @@ def tiny_onnx(
     preprocess: Preprocess,
     temperature: float = 1.0,
     model_name: str = "tiny",
+    precision: str = "fp32",
+    int8: dict | None = None,
 ) -> Path:
-    """Write `input (N, 3, S, S) -> logits (N, C) = mean over H, W of input @ weights`."""
+    """Write `input (N, 3, S, S) -> logits (N, C) = mean over H, W of input @ weights`.
+
+    `precision="int8"` with an `int8` record labels the (float) graph as an int8 export the
+    way `quantize_onnx` does: what the serving rule reads is the metadata, not the ops."""
     c = weights.shape[1]
     s = preprocess.input_size
     graph = helper.make_graph(
@@ -43,7 +48,8 @@ def tiny_onnx(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    props = OnnxMetadata(model_name, tuple(class_names), preprocess, temperature).to_props()
+    meta = OnnxMetadata(model_name, tuple(class_names), preprocess, temperature, precision, int8)
+    props = meta.to_props()
     props[K_GRAPH_SHA] = graph_sha256(model.graph)
     for key, value in props.items():
         entry = model.metadata_props.add()
