@@ -477,7 +477,9 @@ def test_an_int8_file_is_served_only_with_a_passed_gate(tmp_path: Path) -> None:
             OnnxPredictor(bad / "model_int8.onnx")
         msg = str(err.value)
         assert msg.startswith(f"{bad / 'model_int8.onnx'} is an int8 export that cannot be")
-        assert why in msg and "--precision fp32" in msg and "re-materialize onnx_<name>" in msg
+        assert why in msg and msg.endswith(
+            ". Serve the fp32 export beside it (--precision fp32), or re-materialize onnx_<name>"
+        )
 
 
 def test_load_predictor_passes_the_precision_to_the_serving_rule(tmp_path: Path) -> None:
@@ -513,6 +515,13 @@ def test_export_folders_are_recognised_with_their_int8_twin(tmp_path: Path, bund
     for folder in (two_int8, two_fp32):
         with pytest.raises(CheckpointError, match="neither an .onnx file nor a model bundle"):
             load_predictor(folder)
+    with pytest.raises(ConfigError) as err:  # a bundle is fp32 PyTorch: no int8 from it
+        load_predictor(bundle[0], precision="int8")
+    assert str(err.value) == (
+        f"{bundle[0]} is a PyTorch bundle (fp32); int8 needs its ONNX export: materialize "
+        "onnx_<name> and point at it, or use --precision auto"
+    )
+    assert isinstance(load_predictor(bundle[0], precision="fp32"), TorchPredictor)
     bundle_with_onnx = bundle[0]
     tiny_onnx(bundle_with_onnx / "stray.onnx", W, class_names=CLASSES, preprocess=PRE)
     assert isinstance(load_predictor(bundle_with_onnx), TorchPredictor)

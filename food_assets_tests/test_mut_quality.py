@@ -166,7 +166,7 @@ def test_int8_gate_without_images_is_not_evaluated_and_mismatched_lengths_raise(
     """Breakage caught: an empty test split passing the gate, or predictions of another length
     compared silently (numpy broadcasting a length-1 array)."""
     out = check_int8_gate([], [], [], min_agreement=0.99, max_drop_points=0.5)
-    assert not out.passed and out.description == "not evaluated: no test images"
+    assert out.passed is False and out.description == "not evaluated: no test images"
     assert out.metadata == {"n_images": 0}
     for fp32, int8, labels in (([0], [0, 1], [0, 1]), ([0, 1], [0], [0, 1]), ([0, 1], [0, 1], [0])):
         with pytest.raises(ValueError, match="check_int8_gate: .* fp32, .* int8 predictions and"):

@@ -65,22 +65,27 @@ def test_scan_keeps_a_bounded_number_of_files_in_flight(monkeypatch) -> None:
     being consumed, so memory does not grow with the listing.
 
     Breakage caught: `pool.map` over the whole listing (every file submitted at once; the
-    stub probes race thousands ahead of the consumer)."""
-    started = []
+    stub probes race thousands ahead of the consumer); the files submitted as the window
+    refills probed with another path or without the pixel limit."""
+    started, limits = [], set()
 
     def probe(path: str, max_pixels: int) -> dict:
         started.append(path)
+        limits.add(max_pixels)
         return {"reason": "stub", "detail": ""}
 
     monkeypatch.setattr(scan, "_probe", probe)
     ahead = []
     n = 5000
+    paths = [f"{i}.jpg" for i in range(n)]
     result = scan_images(
-        pd.DataFrame({"path": [f"{i}.jpg" for i in range(n)], "label": "x"}),
+        pd.DataFrame({"path": paths, "label": "x"}),
         workers=2,
+        max_pixels=1234,
         progress=lambda done, total: ahead.append(len(started) - done),
     )
-    assert len(result.quarantine) == n and len(started) == n
+    assert len(result.quarantine) == n and sorted(started) == sorted(paths)
+    assert limits == {1234}
     assert max(ahead) <= 2 * scan._AHEAD_PER_WORKER
 
 
