@@ -31,6 +31,7 @@ from food_assets.ml.inference.predictor import (
     load_predictor,
     softmax,
 )
+from food_assets.ml.inference.serving import auto_label
 from food_assets.ml.models.bundle import ModelCard, save_bundle
 from food_assets.ml.models.registry import create_model, list_models
 from food_assets_tests.tiny_onnx import tiny_onnx
@@ -504,6 +505,9 @@ def test_export_folders_are_recognised_with_their_int8_twin(tmp_path: Path, bund
     assert load_predictor(both, precision="fp32").model_name == "f"
     alone = _export_folder(tmp_path / "alone", fp32=False)
     assert load_predictor(alone).model_name == "q"
+    assert auto_label(alone) == "int8 (0.50x)"
+    failed_alone = _export_folder(tmp_path / "failed_alone", fp32=False, int8_passed=False)
+    assert auto_label(failed_alone) == "nothing (int8 failed its gate)"
     (alone / ".model_int8.onnx").write_bytes(b"a hidden temporary")
     (alone / ".other.onnx").write_bytes(b"another")
     assert load_predictor(alone, precision="int8").model_name == "q"

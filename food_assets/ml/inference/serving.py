@@ -213,8 +213,11 @@ class _Facts:
 
 def auto_label(path: str | os.PathLike[str]) -> str:
     """What `--precision auto` serves from an export, in a few words for a table
-    (`food-assets models`): `int8 (0.56x)`, or `fp32` with why int8 is not served."""
+    (`food-assets models`): `int8 (0.56x)`, or `fp32` with why int8 is not served, or
+    `nothing (...)` for a lone int8 file that may not be served."""
     facts = _Facts.read(Path(path))
+    if facts.fp32 is None and not facts.int8_ok:  # `decide` would refuse: nothing to serve
+        return f"nothing (int8 {facts.int8_verdict})"
     chosen, _ = decide(
         "auto",
         has_fp32=facts.fp32 is not None,
