@@ -56,16 +56,24 @@ def check_precision(precision: str) -> str:
 def int8_status(record: Mapping[str, Any] | None, fp32_sha: str | None) -> tuple[bool, str]:
     """(servable, why) for an int8 record (`OnnxMetadata.int8`) next to an fp32 export whose
     graph hash is `fp32_sha` (None: no fp32 file to compare with)."""
+    ok, why, _ = _int8_verdict(record, fp32_sha)
+    return ok, why
+
+
+def _int8_verdict(record: Mapping[str, Any] | None, fp32_sha: str | None) -> tuple[bool, str, str]:
+    """`int8_status` plus its verdict in a few words, for a table cell (`auto_label`)."""
     if not record:
-        return False, "it carries no int8 record"
+        return False, "it carries no int8 record", "never gated"
     gate = record.get("gate")
     if not isinstance(gate, Mapping):
-        return False, "it was never gated (no accuracy gate in its record)"
+        return False, "it was never gated (no accuracy gate in its record)", "never gated"
     if gate.get("passed") is not True:
-        return False, f"it failed its accuracy gate ({gate.get('description', 'no details')})"
+        why = f"it failed its accuracy gate ({gate.get('description', 'no details')})"
+        return False, why, "failed its gate"
     if fp32_sha is not None and record.get("source_graph_sha256") != fp32_sha:
-        return False, "it was made from another fp32 export than the one beside it (stale)"
-    return True, f"passed its accuracy gate ({gate.get('description', '')})"
+        why = "it was made from another fp32 export than the one beside it (stale)"
+        return False, why, "stale"
+    return True, f"passed its accuracy gate ({gate.get('description', '')})", "passed"
 
 
 def int8_speedup(record: Mapping[str, Any] | None) -> float | None:
@@ -198,16 +206,7 @@ class _Facts:
             ok, why = False, "there is none (the export was made with int8 off, or before int8)"
             verdict = "none"
         else:
-            ok, why = int8_status(record, fp32_sha)
-            gate = (record or {}).get("gate")
-            if ok:
-                verdict = "passed"
-            elif not isinstance(gate, Mapping):
-                verdict = "never gated"
-            elif gate.get("passed") is not True:
-                verdict = "failed its gate"
-            else:
-                verdict = "stale"
+            ok, why, verdict = _int8_verdict(record, fp32_sha)
         return cls(fp32, int8, ok, why, verdict, int8_speedup(record))
 
 
