@@ -21,7 +21,8 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,8 @@ def execute(
     tags: Mapping[str, str] | None = None,
     loggers: Mapping[str, dg.LoggerDefinition] | None = None,
     logger: str = "console",
+    tracking_uri: str | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run the plan in this process on `instance` as the job `CLI_JOB`; never raises for a
     failed step (see `result.success` and `failure_reasons`).
@@ -248,6 +251,9 @@ def execute(
         tags: run tags (shown in the UI).
         loggers: extra Dagster loggers by name, next to Dagster's own `console`.
         logger: the logger to use unless the run config names its own.
+        tracking_uri: the MLflow store the run logs to; runs of dead processes that left MLflow
+            runs RUNNING there are ended before this one starts (`food_assets.recovery`).
+        echo: prints the recovery's and the run guard's lines (default: stderr).
     """
     # The job API rather than `dg.materialize`: it lets the run have a name of its own in the UI
     # and a chosen logger. Parents outside the selection are loaded by the project's IO manager
@@ -263,15 +269,39 @@ def execute(
     )
     run_config = {**plan.run_config}
     run_config.setdefault("loggers", {logger: {}})
+    # Runs killed earlier (SIGKILL, OOM) would hold their pool slots for ever: reap them first,
+    # and tag this run with its process so that a later launch can tell if it dies (ADR 0025).
+    from food_assets import recovery, run_guard
+
+    say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    recovery.reap_stale_runs(
+        instance, tracking_uri=tracking_uri, who=f"a {CLI_JOB} launch", log=say
+    )
+    run_id = str(uuid.uuid4())  # chosen here so that the guard can watch the run from its start
+    guard = run_guard.RunGuard(instance, run_id, tracking_uri=tracking_uri, echo=say)
     status = "FAILED"
+    guard.start()
     try:
         result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, tags=dict(tags or {})
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+            tags={**dict(tags or {}), **recovery.owner_tags()},
+            run_id=run_id,
         )
         status = "FINISHED" if result.success else "FAILED"
+        if was_cancelled(instance, run_id):
+            status = "KILLED"
     finally:
+        guard.stop()
         end_mlflow_runs(status)
     return result
+
+
+def was_cancelled(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether the run ended CANCELED (Ctrl-C or SIGTERM while no step ran, `run_guard`)."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.status == dg.DagsterRunStatus.CANCELED
 
 
 def end_mlflow_runs(status: str) -> None:

@@ -23,11 +23,21 @@ from food_assets.ml.quality import CheckOutcome
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """A `FoodAssetsError` becomes a `dagster.Failure` with its message: no traceback for a
-    user mistake in the UI or the CLI, and no retry of something that cannot succeed."""
+    user mistake in the UI or the CLI, and no retry of something that cannot succeed.
+
+    So does an interrupt (Ctrl-C, SIGTERM: Dagster raises `DagsterExecutionInterruptedError`
+    in the step): Dagster would honour the retry policy and start the step again after the
+    delay, holding the pool slot, where the user asked for it to stop (ADR 0025)."""
     try:
         yield
     except FoodAssetsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        raise dg.Failure(
+            description="interrupted (Ctrl-C or SIGTERM): stopped, not retried; materialize "
+            "again to resume from the last checkpoint",
+            allow_retries=False,
+        ) from None
 
 
 def md_table(frame: pd.DataFrame, *, max_rows: int = 50, floatfmt: str = ".4g") -> dg.MetadataValue:

@@ -26,6 +26,9 @@ from food_assets.cli.common import (
     user_errors,
 )
 
+#: Exit status of a cancelled run (128 + SIGINT, as a shell reports Ctrl-C).
+EXIT_CANCELLED = 130
+
 if TYPE_CHECKING:  # only for type hints; importing them for real would load Dagster
     import dagster as dg
 
@@ -209,6 +212,7 @@ def _materialize_quietly(
             tags={"food_assets/cli": command, "food_assets/target": target},
             loggers={"food_assets_cli": _step_logger()},
             logger="console" if verbose else "food_assets_cli",
+            tracking_uri=mlflow_tracking_uri(str(root)),
         )
         _report(result, root, target, mlflow_tracking_uri(str(root)))
 
@@ -266,6 +270,9 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
     from food_assets.launcher import failure_reasons
 
     run_id = result.run_id
+    if not result.success and _cancelled(result):
+        typer.echo(f"run {run_id} cancelled; its pool slots are free", err=True)
+        raise typer.Exit(EXIT_CANCELLED)
     if not result.success:
         for line in failure_reasons(result):
             typer.echo(f"error: {line}", err=True)
@@ -294,6 +301,11 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
     typer.echo(f"{target}: {_asset_location(data_dir, target)}")
     typer.echo("Dagster UI: `dagster dev -w workspace.yaml` (same DAGSTER_HOME) -> Runs")
     typer.echo(f"MLflow: `mlflow ui --backend-store-uri {mlflow_uri}`")
+
+
+def _cancelled(result: Any) -> bool:
+    """Whether the run was cancelled (Ctrl-C or SIGTERM while it waited: `run_guard`)."""
+    return result.dagster_run.status.value == "CANCELED"
 
 
 def _asset_location(data_dir: Path, asset: str) -> str:
