@@ -12,7 +12,10 @@ setup:
 
 # `dg` reads [tool.dg] in pyproject.toml; the older form still works:
 #   .venv/bin/dagster asset materialize -m food_assets.definitions --select '*' -c configs/sample.yaml
+# First mark runs whose process died (a SIGKILL, the OOM killer) failed and free their `gpu`
+# slots, so that they do not block this one (food_assets/recovery.py, ADR 0025).
 run: setup
+	.venv/bin/python -m food_assets.recovery
 	.venv/bin/dg launch --assets '*' --config configs/sample.yaml
 
 test: setup

@@ -184,8 +184,7 @@ def reap_stale_runs(
         if fresh is None or fresh.status != dg.DagsterRunStatus.STARTED:
             continue
         instance.report_run_failed(fresh, message=reason)
-        freed = instance.event_log_storage.free_concurrency_slots_for_run(run.run_id) or 0
-        reaped.append(Reaped(run.run_id, reason, int(freed)))
+        reaped.append(Reaped(run.run_id, reason, free_slots(instance, run.run_id)))
     # A finished run never needs a slot: free what one still holds (Dagster's daemon does this
     # after `free_slots_after_run_end_seconds`; a launch need not wait for it).
     if instance.event_log_storage.supports_global_concurrency_limits:
@@ -194,9 +193,8 @@ def reap_stale_runs(
         for run_id in sorted(holding - done):
             run = instance.get_run_by_id(run_id)
             if run is not None and run.status in FINISHED_STATUSES:
-                freed = instance.event_log_storage.free_concurrency_slots_for_run(run_id) or 0
-                if freed:
-                    reaped.append(Reaped(run_id, f"run already {run.status.value}", int(freed)))
+                freed = free_slots(instance, run_id)
+                reaped.append(Reaped(run_id, f"run already {run.status.value}", freed))
     if tracking_uri:
         ended = end_orphan_mlflow_runs(instance, tracking_uri)
         known = {r.run_id for r in reaped}
@@ -216,6 +214,20 @@ def reap_stale_runs(
                 + (f"; ended {len(r.mlflow_runs)} MLflow run(s)" if r.mlflow_runs else "")
             )
     return reaped
+
+
+def free_slots(instance: Any, run_id: str) -> int:
+    """Free every pool slot `run_id` holds or waits for; returns how many it held (the storage's
+    own count is not returned by every backend)."""
+    storage = instance.event_log_storage
+    held = sum(
+        1
+        for key in storage.get_concurrency_keys()
+        for slot in storage.get_concurrency_info(key).claimed_slots
+        if slot.run_id == run_id
+    )
+    storage.free_concurrency_slots_for_run(run_id)
+    return held
 
 
 def end_orphan_mlflow_runs(instance: Any, tracking_uri: str) -> dict[str, list[str]]:

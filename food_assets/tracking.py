@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from food_assets import layout, model_registry
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
+from food_assets.redact import redact_uri
 
 #: The versions the logged model names, so that MLflow does not pip-freeze the environment.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch"]
@@ -122,7 +123,8 @@ class ModelRun:
             "mlflow_run": dg.MetadataValue.url(
                 run_link(self.ui_base, info.experiment_id, info.run_id)
             ),
-            "mlflow_tracking_uri": mlflow.get_tracking_uri(),
+            # Shown in the UI and stored in the event log: never with its password.
+            "mlflow_tracking_uri": redact_uri(mlflow.get_tracking_uri()),
         }
         if self.version is not None:
             name, number = self.version.name, self.version.version

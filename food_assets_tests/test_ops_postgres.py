@@ -179,7 +179,9 @@ def test_team_config_runs_the_graph_on_postgres(
         meta = instance.fetch_materializations(dg.AssetKey("model_custom_cnn"), limit=1)
         materialization = meta.records[0].asset_materialization
         mlflow_run_id = materialization.metadata["mlflow_run_id"].value
-        assert materialization.metadata["mlflow_tracking_uri"].value == mlflow_url
+        # As is, bar its password (`food_assets.redact`, ADR 0025).
+        shown = mlflow_url.replace(f":{pg.password}@", ":***@")
+        assert materialization.metadata["mlflow_tracking_uri"].value == shown
 
     assert _pg_count(dagster_url, f"select count(*) from runs where run_id = '{run_id}'") == 1
     assert _pg_count(dagster_url, "select count(*) from asset_check_executions") >= 3
@@ -257,3 +259,69 @@ def test_champion_alias_in_the_postgres_registry(
         assert entry.name == uri and entry.registry.version == str(mv.version)
         assert entry.calibrated and entry.temperature == pytest.approx(report.temperature)
         assert (entry.bundle_dir / "model.safetensors").read_bytes() == weights
+
+
+def _pg_texts(url: str, tables: dict[str, str]) -> dict[str, str]:
+    """Every row of each table as text (`select t::text from t`), joined: what is stored."""
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=10)
+    try:
+        out = {}
+        with conn.cursor() as cur:
+            for table, alias in tables.items():
+                cur.execute(f"select {alias}::text from {table} {alias}")
+                out[table] = "\n".join(row[0] for row in cur.fetchall())
+        return out
+    finally:
+        conn.close()
+
+
+def test_no_password_in_what_the_team_setup_records_or_prints(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """The team setup with password-bearing URIs (`postgresql+psycopg2://food:<pw>@...` for
+    MLflow, DAGSTER_PG_PASSWORD for Dagster) through a model and its evaluation: the password is nowhere in the event log (every row of Dagster's database), the
+    asset metadata, the MLflow params, tags and registry (every row of MLflow's database), nor
+    in what the run printed. The metadata still shows the tracking URI, with `***` for the
+    password. Breakage tried: `tracking.ModelRun.metadata` giving the URI unredacted (the
+    password is then in the event log and the metadata)."""
+    import dagster as dg
+
+    from food_assets.definitions import build_definitions
+
+    team = _team_setup(pg, tmp_path, monkeypatch, suffix="_secrets")
+    password = pg.password
+    assert password in team.mlflow_url and os.environ["DAGSTER_PG_PASSWORD"] == password
+    defs = build_definitions(team.resources)
+    ops = tiny_run_config(custom_cnn={"epochs": 1, "warmup_epochs": 0.5})["ops"]
+    run_config = {"ops": {k: v for k, v in ops.items() if k in SELECTED}}
+    with dg.DagsterInstance.from_config(str(team.home)) as instance, _mlflow_run_closed():
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets(*SELECTED),
+            resources=team.resources,
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert result.success, [e.message for e in result.get_step_failure_events()]
+        meta = result.asset_materializations_for_node("model_custom_cnn")[0].metadata
+    printed = capfd.readouterr()
+    shown = meta["mlflow_tracking_uri"].value
+    assert shown == team.mlflow_url.replace(f":{password}@", ":***@") and "@127.0.0.1" in shown
+
+    dagster_rows = _pg_texts(
+        team.dagster_url, {"event_logs": "e", "runs": "r", "run_tags": "t", "asset_keys": "a"}
+    )
+    mlflow_db = team.mlflow_url.replace("+psycopg2", "")
+    mlflow_rows = _pg_texts(
+        mlflow_db,
+        {"params": "p", "tags": "t", "metrics": "m", "experiments": "x", "model_versions": "v",
+         "model_version_tags": "mt", "registered_models": "rm", "runs": "r"},
+    )  # fmt: skip
+    assert "mlflow_tracking_uri" in dagster_rows["event_logs"]  # the search sees metadata
+    assert "dagster_run_id" in mlflow_rows["tags"]  # and MLflow's tags
+    for where, text in {**dagster_rows, **mlflow_rows, "stdout": printed.out,
+                        "stderr": printed.err}.items():  # fmt: skip
+        assert password not in text, f"the password is in {where}"

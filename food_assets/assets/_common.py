@@ -18,6 +18,7 @@ import pandas as pd
 
 from food_assets.ml.errors import FoodAssetsError
 from food_assets.ml.quality import CheckOutcome
+from food_assets.redact import redact_uri
 
 
 @contextlib.contextmanager
@@ -54,7 +55,7 @@ def file_ref(path: str | Path, store: Any = None) -> dg.MetadataValue:
     or a URL for a remote root (`ArtifactStore.location`). Never the bytes: a base64 PNG in
     metadata lands in the run storage's event log once per materialization (33 MB for a
     101-class run before this; `benchmarks/event_log_size.py`)."""
-    location = store.location(path) if store is not None else str(path)
+    location = redact_uri(store.location(path)) if store is not None else str(path)
     if "://" in location and not location.startswith("file://"):
         return dg.MetadataValue.url(location)
     return dg.MetadataValue.path(location)

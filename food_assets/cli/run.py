@@ -274,8 +274,10 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
         typer.echo(f"run {run_id} cancelled; its pool slots are free", err=True)
         raise typer.Exit(EXIT_CANCELLED)
     if not result.success:
+        from food_assets.redact import redact_text
+
         for line in failure_reasons(result):
-            typer.echo(f"error: {line}", err=True)
+            typer.echo(f"error: {redact_text(line)}", err=True)
         typer.echo(
             f"run {run_id} failed; logs: `dagster dev -w workspace.yaml` -> Runs -> {run_id}",
             err=True,
@@ -300,7 +302,9 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
     typer.echo(f"run id: {run_id}")
     typer.echo(f"{target}: {_asset_location(data_dir, target)}")
     typer.echo("Dagster UI: `dagster dev -w workspace.yaml` (same DAGSTER_HOME) -> Runs")
-    typer.echo(f"MLflow: `mlflow ui --backend-store-uri {mlflow_uri}`")
+    from food_assets.redact import redact_uri
+
+    typer.echo(f"MLflow: `mlflow ui --backend-store-uri {redact_uri(mlflow_uri)}`")
 
 
 def _cancelled(result: Any) -> bool:
