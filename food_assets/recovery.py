@@ -262,14 +262,14 @@ def end_orphan_mlflow_runs(instance: Any, tracking_uri: str) -> dict[str, list[s
         if run is None or run.status not in FINISHED_STATUSES:
             continue
         status = status_for.get(run.status, "FAILED")
-        client.set_tag(
-            mlflow_run.info.run_id,
-            ENDED_BY_TAG,
-            f"Dagster run {dagster_run_id} ended {run.status.value} without ending this run",
-        )
-        client.set_terminated(
-            mlflow_run.info.run_id, status=status, end_time=int(time.time() * 1000)
-        )
+        why = f"Dagster run {dagster_run_id} ended {run.status.value} without ending this run"
+        try:
+            client.set_tag(mlflow_run.info.run_id, ENDED_BY_TAG, why)
+            client.set_terminated(
+                mlflow_run.info.run_id, status=status, end_time=int(time.time() * 1000)
+            )
+        except MlflowException:
+            continue  # deleted meanwhile, or the store went away: the next look tries again
         ended.setdefault(dagster_run_id, []).append(mlflow_run.info.run_id)
     return ended
 

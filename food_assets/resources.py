@@ -188,6 +188,10 @@ def food_mlflow(context: dg.InitResourceContext):
     finally:
         if lock:
             lock.release()
+    if run is not None:  # MLflow runs a dead process left RUNNING end now (ADR 0025)
+        from food_assets.recovery import end_orphan_mlflow_runs
+
+        end_orphan_mlflow_runs(context.instance, uri)
 
     class _Context:  # MlFlow reads these attributes only
         log = context.log

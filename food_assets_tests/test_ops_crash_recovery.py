@@ -10,6 +10,7 @@ real signals at a point they announce by writing a marker file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -272,3 +273,173 @@ def test_sigterm_cancels_a_waiting_run_at_once_and_stops_a_running_step_without_
         assert pool.claimed_slots == [] and pool.pending_steps == []
     assert _running_mlflow_runs(setup.tracking_uri) == []
     assert cancel_s < 30, cancel_s
+
+
+#: `food-assets` that stalls (after writing a marker) at `module:function`, before or after the
+#: real call: the point where the SIGKILL comes. argv: marker, target, when, the CLI's arguments.
+CLI_THAT_HANGS_AT = r"""
+import importlib, sys, time
+from pathlib import Path
+
+marker, target, when = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+module_name, attr = target.split(":")
+module = importlib.import_module(module_name)
+real = getattr(module, attr)
+
+def stall():
+    marker.write_text(target)
+    time.sleep(600)
+
+def hanging(*a, **kw):
+    if when == "before":
+        stall()
+    out = real(*a, **kw)
+    stall()
+    return out
+
+setattr(module, attr, hanging)
+sys.argv = ["food-assets", *sys.argv[4:]]
+from food_assets.cli import main
+main()
+"""
+
+#: The fault matrix: (what is killed, the command, where it stalls, before/after the real call).
+#: Training's two points (after the first checkpoint; before any) use the epoch callback.
+MATRIX = [
+    ("training before its first checkpoint", "train", "epoch:0", ""),
+    ("scan", "rescan", "food_assets.assets.data:collect_raw_images", "before"),
+    ("evaluation, its files written", "evaluate", "food_assets.ml.evaluation:evaluate_bundle",
+     "after"),
+    ("ONNX export, fp32 file written", "export", "food_assets.ml.export.onnx_export:export_onnx",
+     "after"),
+    ("int8 quantization", "export", "food_assets.ml.export.quantize:quantize_onnx", "before"),
+]  # fmt: skip
+
+
+def _assert_nothing_left_behind(setup: Setup, dead_run_id: str) -> None:
+    with setup.instance() as instance:
+        assert instance.get_run_by_id(dead_run_id).status.value == "FAILURE"
+        assert not [r for r in instance.get_runs() if r.status.value == "STARTED"]
+        pool = _gpu_pool(instance)
+        assert pool.claimed_slots == [] and pool.pending_steps == []
+    assert _running_mlflow_runs(setup.tracking_uri) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_fault_matrix_sigkill_at_each_stage_then_the_same_command_completes(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL a real `food-assets` process during the scan, training before its first
+    checkpoint, evaluation, ONNX export and int8 quantization (`MATRIX`); each time the same
+    command again completes (bounded by the test's timeout), the dead run is FAILED, no slot is
+    held or awaited, no MLflow run is RUNNING. At the end the registry holds exactly the one
+    version the successful training registered, with its bundle files, and the exports and the
+    evaluation load. Breakage tried: reaping switched off both at launch and in the guard
+    (the rerun after the epoch-0 kill waits for the dead run's slot until the test's timeout).
+    Not here: a kill during the leaderboard's registry update (it needs every model evaluated).
+    """
+    setup = Setup(tmp_path)
+    args = {"train": ("train", "custom_cnn", "-c", str(setup.config)),
+            "rescan": ("train", "custom_cnn", "-c", str(setup.config), "--rebuild-parents"),
+            "evaluate": ("evaluate", "custom_cnn", "-c", str(setup.config)),
+            "export": ("export", "custom_cnn")}  # fmt: skip
+    for i, (what, command, target, when) in enumerate(MATRIX):
+        marker, log = tmp_path / f"marker{i}", tmp_path / f"killed{i}.log"
+        if target.startswith("epoch:"):
+            ctx = _hanging_cli(setup, marker, int(target[6:]), log, *args[command])
+        else:
+            argv = [sys.executable, "-c", CLI_THAT_HANGS_AT, str(marker), target, when,
+                    *setup.cli(*args[command])]  # fmt: skip
+            ctx = _process(argv, setup.env(), log)
+        with ctx as proc:
+            _wait_for(marker, proc)
+            _kill(proc)
+        with setup.instance() as instance:
+            dead = [r for r in instance.get_runs() if r.status.value == "STARTED"]
+            assert len(dead) == 1, what
+        rerun_log = tmp_path / f"rerun{i}.log"
+        argv = [sys.executable, "-m", "food_assets.cli", *setup.cli(*args[command])]
+        with _process(argv, setup.env(), rerun_log) as rerun:
+            assert rerun.wait(timeout=400) == 0, (what, rerun_log.read_text()[-3000:])
+        assert f"recovered run {dead[0].run_id}" in rerun_log.read_text(), what
+        _assert_nothing_left_behind(setup, dead[0].run_id)
+
+    import mlflow
+
+    from food_assets.ml.inference.predictor import load_predictor
+
+    client = mlflow.MlflowClient(setup.tracking_uri)
+    versions = client.search_model_versions("name = 'food_assets.custom_cnn'")
+    with setup.instance() as instance:
+        trained = {
+            r.run_id
+            for r in instance.get_runs()
+            if r.status.value == "SUCCESS" and r.tags.get("food_assets/cli") == "train"
+        }
+    # One version per successful training (the plain rerun and the rescan's), none from a
+    # killed run, each with its bundle files.
+    assert sorted(v.tags["dagster_run_id"] for v in versions) == sorted(trained)
+    assert len(trained) == 2
+    for version in versions:
+        assert {a.path for a in client.list_artifacts(version.run_id, "bundle")} >= {
+            "bundle/card.json", "bundle/model.safetensors"}  # fmt: skip
+    artifacts = setup.data / "artifacts"
+    assert load_predictor(artifacts / "onnx_custom_cnn").model_name == "custom_cnn"
+    assert json.loads((artifacts / "evaluation_custom_cnn" / "value.json").read_text())
+
+
+#: A plain Dagster job (no food_assets launcher, so no owner tags) whose pooled op announces
+#: itself and sleeps: the stand-in for `dg launch` / `dagster asset materialize`. argv: marker.
+PLAIN_DAGSTER_RUN = r"""
+import sys, time
+from pathlib import Path
+import dagster as dg
+
+@dg.op(pool="gpu")
+def holds_the_gpu():
+    Path(sys.argv[1]).write_text("holding")
+    time.sleep(600)
+
+@dg.job
+def plain():
+    holds_the_gpu()
+
+with dg.DagsterInstance.get() as instance:
+    plain.execute_in_process(instance=instance)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_recovery_command_reaps_a_run_known_only_by_dagsters_engine_event(
+    tmp_path: Path,
+) -> None:
+    """`python -m food_assets.recovery` (what `make run` runs before `dg launch`) on two runs of
+    a plain Dagster job that hold the `gpu` slot in turn, neither tagged by the launcher: the
+    pid comes from Dagster's "Executing steps in process (pid: N)" event. While the holder
+    lives, nothing is reaped; once it is SIGKILLed, its run is FAILED and the slot free.
+    Breakage tried: `is_gone` returning True for a live pid (the live holder is reaped: the
+    first assertion fails); no engine-event fallback (nothing is ever reaped)."""
+    setup = Setup(tmp_path)
+    marker = tmp_path / "holding"
+    reap = [sys.executable, "-m", "food_assets.recovery", str(setup.data)]
+    with _process([sys.executable, "-c", PLAIN_DAGSTER_RUN, str(marker)], setup.env(),
+                  tmp_path / "holder.log") as holder:  # fmt: skip
+        _wait_for(marker, holder)
+        alive = subprocess.run(reap, env=setup.env(), capture_output=True, text=True, timeout=120)
+        assert alive.returncode == 0 and "recovered" not in alive.stderr, alive.stderr
+        with setup.instance() as instance:
+            (run,) = _runs(instance).values()
+            assert run.status.value == "STARTED" and not run.tags.get("food_assets/pid")
+            assert [s.run_id for s in _gpu_pool(instance).claimed_slots] == [run.run_id]
+        _kill(holder)
+    dead = subprocess.run(reap, env=setup.env(), capture_output=True, text=True, timeout=120)
+    assert dead.returncode == 0, dead.stderr
+    assert f"recovered run {run.run_id}: the run's process (pid {holder.pid} on this host)" in (
+        dead.stderr
+    )
+    with setup.instance() as instance:
+        assert instance.get_run_by_id(run.run_id).status.value == "FAILURE"
+        pool = _gpu_pool(instance)
+        assert pool.claimed_slots == [] and pool.pending_steps == []
