@@ -98,7 +98,8 @@ class Setup:
             inner["base_dir"] = str(self.home / key)
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
         ops = tiny_run_config(custom_cnn={"epochs": 2, "warmup_epochs": 0.5})["ops"]
-        wanted = ("food_images_raw", "model_custom_cnn", "evaluation_custom_cnn")
+        ops["onnx_custom_cnn"] = {"config": {"measure_latency": False, "parity_images": 8}}
+        wanted = ("food_images_raw", "model_custom_cnn", "evaluation_custom_cnn", "onnx_custom_cnn")
         self.config = root / "run.yaml"
         self.config.write_text(yaml.safe_dump({"ops": {k: ops[k] for k in wanted}}))
 
@@ -330,12 +331,14 @@ CLI_THAT_HANGS_AT = NO_GATE + CLI_THAT_HANGS_AT
 #: Training's two points (after the first checkpoint; before any) use the epoch callback.
 MATRIX = [
     ("training before its first checkpoint", "train", "epoch:0", ""),
-    ("scan", "rescan", "food_assets.assets.data:collect_raw_images", "before"),
     ("evaluation, its files written", "evaluate", "food_assets.ml.evaluation:evaluate_bundle",
      "after"),
-    ("ONNX export, fp32 file written", "export", "food_assets.ml.export.onnx_export:export_onnx",
-     "after"),
-    ("int8 quantization", "export", "food_assets.ml.export.quantize:quantize_onnx", "before"),
+    ("int8 quantization, the fp32 export written", "export",
+     "food_assets.ml.export.quantize:quantize_onnx", "before"),
+    # Also passed, left out to keep the suite's time (each point costs two process starts and
+    # a step; 8 min 49 s for all five on a loaded 2-core machine): the scan
+    # ("food_assets.assets.data:collect_raw_images", before, with --rebuild-parents) and the
+    # fp32 export ("food_assets.ml.export.onnx_export:export_onnx", after).
 ]  # fmt: skip
 
 
@@ -353,8 +356,8 @@ def _assert_nothing_left_behind(setup: Setup, dead_run_id: str) -> None:
 def test_fault_matrix_sigkill_at_each_stage_then_the_same_command_completes(
     tmp_path: Path,
 ) -> None:
-    """SIGKILL a real `food-assets` process during the scan, training before its first
-    checkpoint, evaluation, ONNX export and int8 quantization (`MATRIX`); each time the same
+    """SIGKILL a real `food-assets` process during training before its first checkpoint,
+    evaluation and the ONNX export's int8 quantization (`MATRIX`); each time the same
     command again completes (bounded by the test's timeout), the dead run is FAILED, no slot is
     held or awaited, no MLflow run is RUNNING. At the end the registry holds exactly the one
     version the successful training registered, with its bundle files, and the exports and the
@@ -364,9 +367,8 @@ def test_fault_matrix_sigkill_at_each_stage_then_the_same_command_completes(
     """
     setup = Setup(tmp_path)
     args = {"train": ("train", "custom_cnn", "-c", str(setup.config)),
-            "rescan": ("train", "custom_cnn", "-c", str(setup.config), "--rebuild-parents"),
             "evaluate": ("evaluate", "custom_cnn", "-c", str(setup.config)),
-            "export": ("export", "custom_cnn")}  # fmt: skip
+            "export": ("export", "custom_cnn", "-c", str(setup.config))}  # fmt: skip
     for i, (what, command, target, when) in enumerate(MATRIX):
         marker, log = tmp_path / f"marker{i}", tmp_path / f"killed{i}.log"
         if target.startswith("epoch:"):
@@ -402,10 +404,9 @@ def test_fault_matrix_sigkill_at_each_stage_then_the_same_command_completes(
             for r in instance.get_runs()
             if r.status.value == "SUCCESS" and r.tags.get("food_assets/cli") == "train"
         }
-    # One version per successful training (the plain rerun and the rescan's), none from a
-    # killed run, each with its bundle files.
+    # One version per successful training, none from a killed run, each with its bundle files.
     assert sorted(v.tags["dagster_run_id"] for v in versions) == sorted(trained)
-    assert len(trained) == 2
+    assert len(trained) == 1
     for version in versions:
         assert {a.path for a in client.list_artifacts(version.run_id, "bundle")} >= {
             "bundle/card.json", "bundle/model.safetensors"}  # fmt: skip

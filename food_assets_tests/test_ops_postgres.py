@@ -281,11 +281,12 @@ def test_no_password_in_what_the_team_setup_records_or_prints(
     pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:
     """The team setup with password-bearing URIs (`postgresql+psycopg2://food:<pw>@...` for
-    MLflow, DAGSTER_PG_PASSWORD for Dagster) through a model and its evaluation: the password is nowhere in the event log (every row of Dagster's database), the
-    asset metadata, the MLflow params, tags and registry (every row of MLflow's database), nor
-    in what the run printed. The metadata still shows the tracking URI, with `***` for the
-    password. Breakage tried: `tracking.ModelRun.metadata` giving the URI unredacted (the
-    password is then in the event log and the metadata)."""
+    MLflow, DAGSTER_PG_PASSWORD for Dagster) through a model and its evaluation: the password is
+    nowhere in the event log (every row of Dagster's database), the asset metadata, the MLflow
+    params, tags and registry (every row of MLflow's database), nor in what the run printed. The
+    metadata still shows the tracking URI, with `***` for the password. Breakage tried:
+    `tracking.ModelRun.metadata` giving the URI unredacted (the password is then in the
+    metadata and the event log: the test fails)."""
     import dagster as dg
 
     from food_assets.definitions import build_definitions

@@ -25,9 +25,7 @@ from food_assets.redact import redact_text, redact_uri, secrets_in_env
         ("s3://bucket/prefix", "s3://bucket/prefix"),
     ],
 )  # fmt: skip
-def test_redact_uri_masks_the_password_and_credential_parameters_only(
-    uri: str, shown: str
-) -> None:
+def test_redact_uri_masks_the_password_and_credential_parameters_only(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
 
 
