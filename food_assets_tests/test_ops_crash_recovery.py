@@ -469,3 +469,55 @@ def test_recovery_command_reaps_a_run_known_only_by_dagsters_engine_event(
         assert instance.get_run_by_id(run.run_id).status.value == "FAILURE"
         pool = _gpu_pool(instance)
         assert pool.claimed_slots == [] and pool.pending_steps == []
+
+
+@pytest.mark.slow
+def test_the_mlflow_resource_ends_runs_left_running_by_an_ended_dagster_run(
+    tmp_path: Path,
+) -> None:
+    """ "The next time anything touches the store": the `mlflow` resource, as it starts a run,
+    ends the MLflow run a failed Dagster run left RUNNING (FAILED, with the reason tag), and
+    leaves alone one whose Dagster run this instance does not know and the current run's own
+    parent run. Breakage tried: the resource's call removed (the orphan stays RUNNING); every
+    RUNNING run ended (the current run's parent is FINISHED inside its own step)."""
+    import dagster as dg
+    import mlflow
+
+    from food_assets.resources import food_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    instance = dg.DagsterInstance.ephemeral()
+
+    @dg.op
+    def boom() -> None:
+        raise RuntimeError("killed, as far as MLflow knows")
+
+    @dg.job
+    def crashed() -> None:
+        boom()
+
+    failed = crashed.execute_in_process(instance=instance, raise_on_error=False)
+    assert not failed.success
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("food_assets", artifact_location=tmp_path.as_uri())
+    orphan = client.create_run(experiment, tags={"dagster_run_id": failed.run_id})
+    stranger = client.create_run(experiment, tags={"dagster_run_id": "not-of-this-instance"})
+    seen: dict[str, str] = {}
+
+    @dg.asset(required_resource_keys={"mlflow"})
+    def touches_mlflow(context) -> None:  # unannotated: a string annotation would not resolve
+        for run in client.search_runs([experiment]):
+            seen[run.data.tags.get("dagster_run_id", "")] = run.info.status
+
+    resource = food_mlflow.configured(
+        {"experiment_name": "food_assets", "mlflow_tracking_uri": uri}
+    )
+    result = dg.materialize([touches_mlflow], resources={"mlflow": resource}, instance=instance)
+    assert seen == {
+        failed.run_id: "FAILED",
+        "not-of-this-instance": "RUNNING",
+        result.run_id: "RUNNING",  # the current run's parent, ended at teardown
+    }
+    assert "ended FAILURE without ending this run" in client.get_run(
+        orphan.info.run_id).data.tags["food_assets/ended_by"]  # fmt: skip
+    assert client.get_run(stranger.info.run_id).info.status == "RUNNING"
