@@ -48,6 +48,9 @@ LEADERBOARD_ASSET = "leaderboard"
 
 #: The per-model asset families, `<kind>_<model name>`.
 MODEL_KINDS = ("model", "evaluation", "onnx", "gradcam")
+#: The blocking check on `evaluation_<name>` the champion rule reads (the wiring defines it, the
+#: MLflow side looks its result up by this name).
+ACCURACY_CHECK = "accuracy_above_floor"
 
 
 # -- asset names -------------------------------------------------------------------------------

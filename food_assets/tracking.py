@@ -250,7 +250,7 @@ def _candidate(instance: Any, key: str, report: Any) -> Candidate:
     evaluation the leaderboard read: same run as the latest materialization)."""
     import dagster as dg
 
-    from food_assets.assets.evaluation import ACCURACY_CHECK
+    from food_assets.layout import ACCURACY_CHECK
 
     model = layout.model_name_of(key) or key
     summary = getattr(report, "summary", None)

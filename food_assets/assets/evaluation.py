@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch an
     from food_assets.ml.evaluation import ComparisonResult, EvaluationResult
 
 EVALUATION_GROUP = "evaluation"
-ACCURACY_CHECK = "accuracy_above_floor"
+ACCURACY_CHECK = layout.ACCURACY_CHECK
 
 #: Code versions (ADR 0011): the evaluation code and what loads a bundle; the leaderboard's table.
 EVALUATION_CODE_VERSION = code_version(

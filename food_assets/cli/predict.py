@@ -188,7 +188,7 @@ def _resolve_model(
             )
         return from_path
     if model_registry.is_registry_reference(model):
-        return model_registry.registry_model(model, data_dir(ctx))
+        return catalog.registry_model(model, data_dir(ctx))
     storage = catalog.open_storage(data_dir(ctx))
     found = catalog.list_materialized(storage)
     if model is not None:

@@ -175,7 +175,7 @@ class DemoService:
         data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
         max_upload_mb: larger uploads are refused with a message.
         default_model: a materialized model name, `champion` or a `models:/` URI (a version
-            in the MLflow registry, `model_registry.registry_model`), or a path to a bundle folder /
+            in the MLflow registry, `catalog.registry_model`), or a path to a bundle folder /
             `.onnx` file; None: `catalog.best_model` (the best test accuracy; ties to the first
             name).
         precision: `auto` (int8 when it passed its accuracy gate and was measured faster, else
@@ -217,7 +217,7 @@ class DemoService:
             return model
         # `champion`, models:/food_assets.<name>@...
         if model_registry.is_registry_reference(model):
-            entry = model_registry.registry_model(model, self.root)
+            entry = catalog.registry_model(model, self.root)
             self._extra[entry.name] = entry
             return entry.name
         path = Path(model).expanduser()

@@ -5,7 +5,8 @@ Each entry is the whole story of a model: how to build it under the weights poli
 its preprocessing (for timm models read from timm's pretrained config, never retyped), its
 Grad-CAM target layer (the last convolutional block, as pytorch-grad-cam users pick: `layer4` for
 ResNet, the head conv block for EfficientNets), and how it is trained: every model here trains
-with Lightning (`fit_lightning`, settings `TrainConfig`).
+with Lightning, the default of an entry without a `fit` hook (`food_assets.ml.training`, settings
+`TrainConfig`; this package never names the training package, which imports it: ADR 0020).
 """
 
 from __future__ import annotations
@@ -17,18 +18,13 @@ from torch import nn
 
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.models.custom_cnn import build_custom_cnn
-from food_assets.ml.models.registry import ModelSpec, Ref, register
+from food_assets.ml.models.registry import ModelSpec, register
 from food_assets.ml.models.weights import (
     LITE0_PACKAGE,
     WeightSource,
     apply_weights_policy,
     create_timm_model,
 )
-
-# `food_assets.ml.training` imports this package, so its hook and config class are named, not
-# imported (docs/adr/0010-models-are-entries-with-fit-hooks.md).
-LIGHTNING_FIT = Ref("food_assets.ml.training.fit:fit_lightning")
-TRAIN_CONFIG = Ref("food_assets.ml.training.config:TrainConfig")
 
 
 @functools.cache
@@ -66,8 +62,6 @@ register(
         build=_build_custom_cnn,
         preprocess=_custom_cnn_preprocess,
         cam_layer="head",
-        config_cls=TRAIN_CONFIG,
-        fit=LIGHTNING_FIT,
         default_weights="none",
         description="FoodNet: inverted-residual CNN from scratch (4.1 M params, 0.95 GMACs)",
         kinds=("pytorch", "lightning"),
@@ -94,8 +88,6 @@ def timm_spec(
         build=functools.partial(create_timm_model, timm_name, name=name, sources=weight_sources),
         preprocess=functools.partial(get_timm_preprocess, timm_name),
         cam_layer=cam_layer,
-        config_cls=TRAIN_CONFIG,
-        fit=LIGHTNING_FIT,
         default_weights="imagenet",
         description=description,
         weight_sources=weight_sources,

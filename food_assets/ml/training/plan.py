@@ -21,7 +21,7 @@ from food_assets.ml.models.profile import count_params_and_gmacs
 from food_assets.ml.models.registry import ModelSpec, create_model, get_model_spec
 from food_assets.ml.models.weights import get_weights_source
 from food_assets.ml.training.checkpoints import CHECKPOINT_DIR, get_config_hash, plan_resume
-from food_assets.ml.training.config import ComputeConfig, TrainConfig
+from food_assets.ml.training.config import ComputeConfig, TrainConfig, settings_class
 from food_assets.ml.training.datamodule import check_splits
 
 
@@ -56,11 +56,11 @@ class RunPlan:
 def _resolve_config(model_name: str, cfg: TrainConfig) -> tuple[ModelSpec, TrainConfig]:
     """The registry entry and `cfg` with mode and weights filled in; only TrainConfig models."""
     spec = get_model_spec(model_name)
-    if not issubclass(spec.config_type, TrainConfig):
+    if not issubclass(settings_class(spec), TrainConfig):
         raise ConfigError(
             f"{model_name!r} is a {spec.family} model: it is not trained with train_model "
-            f"(its settings are a {spec.config_type.__name__}; use its registry fit hook, "
-            "spec.fit)"
+            f"(its settings are a {settings_class(spec).__name__}; use its registry fit hook, "
+            "fit_model)"
         )
     return spec, cfg.resolve(default_weights=spec.default_weights, model_name=model_name)
 
