@@ -226,7 +226,8 @@ def spec_code_version(spec: Any) -> str:
     # the default trainer makes its models stale too; the default by name (no Lightning import).
     hooks["fit"], hooks["config_cls"] = spec.fit or DEFAULT_FIT, settings_class(spec)
     callables = ("build", "preprocess", "fit", "config_cls", "cam_reshape")
-    data = {k: v for k, v in hooks.items() if k not in callables}
+    # The floors gate the evaluation, not the model: changing one must not retrain it.
+    data = {k: v for k, v in hooks.items() if k not in callables and k != "accuracy_floors"}
     data["config_defaults"] = sorted(dict(data.get("config_defaults") or {}).items())
     names = {k: qualified_name(hooks[k]) for k in callables if hooks.get(k) is not None}
     modules = {_hook_module(hooks[k]) for k in callables if hooks.get(k) is not None}

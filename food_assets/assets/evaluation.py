@@ -61,37 +61,20 @@ LEADERBOARD_AUTOMATION = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("eager, blocking checks passed")
 
-#: Minimum test top-1 accuracy per data source and model, used when QualityGates.accuracy has
-#: no entry. food101: below published results for these recipes, with a margin
-#: (docs/evaluation.md cites them). sample: measured sample runs with a safety margin
-#: (docs/benchmarks.md). Anything else: chance plus a little, so a check still means something.
-DEFAULT_ACCURACY_FLOORS: dict[str, dict[str, float]] = {
-    "food101": {
-        "custom_cnn": 0.50,
-        "resnet50": 0.80,
-        "efficientnet_b0": 0.80,
-        "efficientnet_lite0": 0.75,
-        "clip_zero_shot": 0.80,
-        "clip_linear_probe": 0.85,
-    },
-    # Measured by `make run` (configs/sample.yaml, 60 test images, 10 classes): custom_cnn
-    # 0.833 [0.733, 0.917], resnet50 0.667 [0.550, 0.783], efficientnet_b0 0.350 [0.233, 0.483],
-    # efficientnet_lite0 0.983 [0.950, 1.0]; each floor sits well under the interval's low end.
-    "sample": {
-        "custom_cnn": 0.50,
-        "resnet50": 0.35,
-        "efficientnet_b0": 0.15,
-        "efficientnet_lite0": 0.80,
-        "clip_zero_shot": 0.0,
-        "clip_linear_probe": 0.0,
-    },
-}
-
 
 def default_accuracy_floor(source: str, model: str, num_classes: int) -> float:
-    floors = DEFAULT_ACCURACY_FLOORS.get(source, {})
-    if model in floors:
-        return floors[model]
+    """The floor of `model` on `source` when `QualityGates.accuracy` has none: the registry
+    entry's (`ModelSpec.accuracy_floors`), else chance plus a little, so a check still means
+    something (an unregistered name gets that too)."""
+    from food_assets.ml.errors import UnknownModelError
+    from food_assets.ml.models import get_model_spec
+
+    try:
+        floors = get_model_spec(model).accuracy_floors
+    except UnknownModelError:
+        floors = {}
+    if source in floors:
+        return float(floors[source])
     return min(1.0, 1.5 / max(num_classes, 1))
 
 
@@ -156,7 +139,7 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
                 asset=layout.evaluation_asset(name),
                 blocking=True,
                 description=f"test top-1 accuracy of {name} at or above the floor for its "
-                "data source (QualityGates.accuracy, else DEFAULT_ACCURACY_FLOORS)",
+                "data source (QualityGates.accuracy, else the registry entry's accuracy_floors)",
             )
         ],
     )

@@ -129,6 +129,10 @@ class ModelSpec:
         config_defaults: this model's defaults that differ from `config_cls`'s
             (`{"arch": "ViT-L-14"}`).
         kinds: tool labels (the Dagster UI shows them as the asset's kinds).
+        accuracy_floors: the minimum test top-1 accuracy per data source (`food101`, `sample`)
+            that `evaluation_<name>`'s blocking check enforces and the champion rule requires;
+            a source not listed gets chance plus a little. `QualityGates.accuracy` overrides it
+            per run. Here, with the model, so that adding a model is one entry.
         cpu_bf16: whether bf16 autocast speeds up this architecture's training on a CPU with
             native bf16 (`precision: auto` picks bf16-mixed there only if so). False for the
             depthwise-convolution nets, which train slower under bf16 on CPU
@@ -150,6 +154,7 @@ class ModelSpec:
     config_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
     kinds: tuple[str, ...] = ("pytorch",)
     cpu_bf16: bool = True
+    accuracy_floors: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
