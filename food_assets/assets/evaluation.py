@@ -309,28 +309,19 @@ def leaderboard(
     return dg.MaterializeResult(value=result.table, metadata=metadata)
 
 
-#: The test metrics of each evaluation that `leaderboard` tabulates.
-COMPARED_METRICS = (
-    "acc_top1",
-    "acc_top1_ci_low",
-    "acc_top1_ci_high",
-    "acc_top5",
-    "macro_f1",
-    "ece",
-    "ece_calibrated",
-)
-
-
 def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -> dict[str, Any]:
+    """One leaderboard row, column by column as `compare.LEADERBOARD` says where each comes
+    from: the evaluation's test summary, the model's metadata, the export's latency."""
+    from food_assets.ml.evaluation.compare import LEADERBOARD
+
     meta = report.model_metadata
-    return {
-        "model": name,
-        **{k: report.summary.get(f"test/{k}") for k in COMPARED_METRICS},
-        "params": meta.get("params"),
-        "gmacs": meta.get("gmacs"),
-        "train_seconds": meta.get("train_seconds"),
-        **_latency_columns(store, name),
-    }
+    row: dict[str, Any] = {"model": name}
+    for col in LEADERBOARD:
+        if col.source == "evaluation":
+            row[col.key] = report.summary.get(f"test/{col.key}")
+        elif col.source == "model":
+            row[col.key] = meta.get(col.key)
+    return {**row, **_latency_columns(store, name)}
 
 
 def _comparison_metadata(
@@ -340,7 +331,16 @@ def _comparison_metadata(
     skipped: list[dict[str, str]],
     store: ArtifactStore,
 ) -> dict[str, Any]:
+    from food_assets.ml.evaluation.compare import LEADERBOARD
+
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(c.key, "string" if c.text else "float", description=c.header or "")
+            for c in LEADERBOARD
+        ]
+    )
     metadata: dict[str, Any] = {
+        "dagster/column_schema": schema,  # the same columns as the table and the Markdown
         "comparison": dg.MetadataValue.md(result.markdown),
         "num_models": num_models,
         "csv": dg.MetadataValue.path(store.location(files["csv"])),
