@@ -510,7 +510,7 @@ CASES: list[Any] = [
                 "food_assets.ml.inference.predictor", fromlist=["x"]
             ).load_predictor(_write(env.tmp / "m.onnx", b"\x08\x07garbage"))
         ),
-        "is not a readable ONNX file",
+        "is neither a readable ONNX file",
     ),
     (
         "onnx: metadata removed",

@@ -206,7 +206,7 @@ def test_a_path_is_what_the_artifact_records_not_its_suffix(bundles, tmp_path: P
     (tmp_path / "photos_only").mkdir()
     fake = tmp_path / "fake.onnx"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(fake, format="JPEG")
-    with pytest.raises(CheckpointError, match="is not a readable ONNX file"):
+    with pytest.raises(CheckpointError, match="is neither a readable ONNX file"):
         resolver.entry_for_path(fake)
     with pytest.raises(CheckpointError, match="neither an .onnx file nor a model bundle"):
         resolver.entry_for_path(tmp_path / "photos_only")

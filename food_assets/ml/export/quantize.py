@@ -210,7 +210,8 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from food_assets.ml.export.onnx_export import _stamp, load_onnx
+    from food_assets.ml.export.metadata import stamp
+    from food_assets.ml.export.onnx_export import load_onnx
 
     config = config or QuantizeConfig()
     _, meta = load_onnx(fp32_path)  # ours and intact, or a clear error
@@ -274,17 +275,17 @@ def quantize_onnx(
         "latency": None,
     }
     int8_meta = dataclasses.replace(meta, precision="int8", int8=record)
-    _stamp(proto, int8_meta, f"food_assets model {meta.model_name}, int8 ({config.method})")
+    stamp(proto, int8_meta, f"food_assets model {meta.model_name}, int8 ({config.method})")
     return proto, record
 
 
 def stamp_int8(proto: Any, record: dict[str, Any]) -> Any:
     """Replace the int8 record in `proto`'s metadata (the graph, and so its hash, unchanged)."""
-    from food_assets.ml.export.onnx_export import _stamp
+    from food_assets.ml.export.metadata import stamp
 
     props = {p.key: p.value for p in proto.metadata_props}
     meta = OnnxMetadata.from_props(props, source="the int8 model")
-    _stamp(proto, dataclasses.replace(meta, int8=record), proto.doc_string)
+    stamp(proto, dataclasses.replace(meta, int8=record), proto.doc_string)
     return proto
 
 

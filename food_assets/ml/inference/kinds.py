@@ -79,6 +79,13 @@ def artifact_kind(path: str | os.PathLike[str]) -> str:
             return ONNX
         raise CheckpointError(NEITHER.format(path=path))
     if path.is_file():
-        read_props(path)  # a file that is no ONNX model: "... is not a readable ONNX file"
+        try:
+            read_props(path)
+        except CheckpointError as exc:  # by its content, whatever its name
+            why = str(exc.__cause__ or exc)
+            raise CheckpointError(
+                f"{path} is neither a readable ONNX file ({why}) nor a model bundle folder "
+                "(with card.json); point at the output of a model_<name> or onnx_<name> asset"
+            ) from None
         return ONNX
     raise CheckpointError(NEITHER.format(path=path))

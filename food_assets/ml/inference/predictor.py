@@ -41,11 +41,11 @@ class PredictionResult:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """The one softmax (`ml.evaluation.metrics.softmax`, float64), rounded once to float32 as
+    predictors answer."""
+    from food_assets.ml.evaluation.metrics import softmax as softmax64
+
+    return softmax64(logits, temperature).astype(np.float32)
 
 
 class Predictor:

@@ -45,7 +45,7 @@ def get_config_hash(
     record = {
         "model": model_name,
         "class_names": list(splits.class_names),
-        "manifest_sha256": hashlib.sha256(splits.path.read_bytes()).hexdigest(),
+        "manifest_sha256": splits.digest(),  # the one manifest identity
         "train": cfg.to_hashable(),
         "compute": compute.to_hashable(),
     }
