@@ -33,19 +33,14 @@ from food_assets.ml.artifacts import atomic_path, scratch_dir
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError, ConfigError, DataSourceError
+from food_assets.ml.export.files import INT8_SUFFIX as INT8_SUFFIX  # re-exported
+from food_assets.ml.export.files import int8_path as int8_path  # re-exported
 from food_assets.ml.export.metadata import K_GRAPH_SHA, OnnxMetadata, graph_sha256
 from food_assets.ml.models.registry import setting
 from food_assets.ml.quality import CheckOutcome, check_int8_gate
 
-INT8_SUFFIX = "_int8"
 RECORD_VERSION = 1
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def int8_path(fp32_path: str | os.PathLike[str]) -> Path:
-    """Where the int8 twin of an fp32 export lives: `model.onnx` -> `model_int8.onnx`."""
-    p = Path(fp32_path)
-    return p.with_name(f"{p.stem}{INT8_SUFFIX}{p.suffix}")
 
 
 @dataclass(frozen=True)
