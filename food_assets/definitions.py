@@ -59,14 +59,7 @@ ASSET_MODULES = [
 
 
 def _modules() -> list:
-    mods = []
-    for name in ASSET_MODULES:
-        try:
-            mods.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return mods
+    return [importlib.import_module(name) for name in ASSET_MODULES]
 
 
 #: The assets made once per registry entry: (module, its module-level list, factory(name)).

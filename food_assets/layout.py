@@ -37,9 +37,9 @@ from food_assets.ml.export.files import (
     INT8_RECORD_FILE,
     LATENCY_FILE,
     ONNX_FILE,
-    ONNX_INT8_FILE,
     PARITY_FILE,
 )
+from food_assets.ml.export.files import ONNX_INT8_FILE as ONNX_INT8_FILE  # re-exported
 
 #: A local `Path` or a `UPath`: anything that joins with `/`.
 P = TypeVar("P")
@@ -162,11 +162,6 @@ def onnx_dir(root: P, name: str) -> P:
 
 def onnx_file(root: P, name: str) -> P:
     return onnx_dir(root, name) / ONNX_FILE  # type: ignore[operator]
-
-
-def onnx_int8_file(root: P, name: str) -> P:
-    """The int8 twin of `onnx_file` (`food_assets.ml.export.files.int8_path` of it)."""
-    return onnx_dir(root, name) / ONNX_INT8_FILE  # type: ignore[operator]
 
 
 def int8_record_file(root: P, name: str) -> P:

@@ -185,11 +185,7 @@ def _load() -> None:
         return
     _loaded = True
     for module in _ZOO_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency, not a zoo module yet to be written
-                raise
+        importlib.import_module(module)
 
 
 def list_models(family: Family | None = None) -> list[str]:
