@@ -16,9 +16,12 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
-from food_assets.ml.data.synthetic_food101 import make_food101_like
-from food_assets.ml.errors import ConfigError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
+
+from benchmarks.synthetic_food101 import make_food101_like  # noqa: E402
+from food_assets.ml.errors import ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from food_assets.ml.data import synthetic_food101
-from food_assets.ml.data.sources import list_food101
-from food_assets.ml.data.synthetic_food101 import (
+from benchmarks import synthetic_food101
+from benchmarks.synthetic_food101 import (
     FOOD101_CLASSES,
     make_food101_like,
     render_food101_like_image,
 )
+from food_assets.ml.data.sources import list_food101
 from food_assets.ml.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
