@@ -1,6 +1,6 @@
 """Generate a Food-101-shaped tree (torchvision's layout, Food-101's sizes, learnable classes).
 
-A thin command line over `food_assets.ml.data.synthetic_food101.make_food101_like`, which
+A thin command line over `benchmarks.synthetic_food101.make_food101_like`, which
 documents the layout. The full size is the default (101 classes x 1,000 JPEGs, about 4.6 GB):
 
     .venv/bin/python benchmarks/make_food101_like.py --root data/food101_like
