@@ -106,3 +106,29 @@ def test_one_entry_in_one_module_brings_assets_floor_check_and_leaderboard_row(
     assert got["floor"] == pytest.approx(FLOOR)
     assert got["passed_at"] is True and got["passed_below"] is False
     assert got["listed"]
+
+
+@pytest.mark.slow
+def test_training_receives_the_spec_not_its_name(tmp_path: Path) -> None:
+    """An entry that is not in the registry trains when handed to `train_model` as a spec: the
+    spec is the one source after the door (no lookup by name). Breakage tried: `plan_run` or
+    `get_config_hash` looking the name up again (UnknownModelError for this unregistered
+    entry), `_create_seeded_model` back on `create_model(name)` (the same)."""
+    import dataclasses
+
+    from food_assets.ml.models import get_model_spec, list_models
+    from food_assets.ml.training import ComputeConfig, TrainConfig, train_model
+    from food_assets.ml.training.checkpoints import get_config_hash
+    from food_assets_tests.test_ml_training import make_tiny_splits
+
+    spec = dataclasses.replace(get_model_spec("custom_cnn"), name="custom_cnn_unregistered")
+    assert spec.name not in list_models()
+    splits = make_tiny_splits(tmp_path / "images")
+    cfg = TrainConfig(
+        epochs=1, batch_size=8, image_size=32, warmup_epochs=0,
+        early_stopping_patience=None, precise_bn_batches=0,
+    )  # fmt: skip
+    compute = ComputeConfig(accelerator="cpu")
+    result = train_model(spec, splits, cfg, compute, tmp_path / "run", progress_bar=False)
+    assert result.card.name == "custom_cnn_unregistered"
+    assert get_config_hash(spec, splits, cfg, compute)[1]["model"] == "custom_cnn_unregistered"

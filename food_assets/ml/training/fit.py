@@ -42,7 +42,7 @@ def fit_lightning(
     compute = context.compute or ComputeConfig()
 
     def train(cfg: TrainConfig) -> FitResult:
-        return train_model(spec.name, splits, cfg, compute, out_dir, loggers=context.loggers)
+        return train_model(spec, splits, cfg, compute, out_dir, loggers=context.loggers)
 
     try:
         return train(config)
