@@ -132,6 +132,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.mark.slow  # three CLI predictions on real bundles: ~10 s
 def test_the_default_is_the_champion_not_the_most_accurate_model(
     bundles, data_dir: Path, photos: Path, clean_env
 ) -> None:
@@ -160,6 +161,7 @@ def test_the_default_is_the_champion_not_the_most_accurate_model(
     assert "Default for `predict` and the demo: beta (champion" in listing.stdout
 
 
+@pytest.mark.slow  # three CLI predictions on real bundles: ~10 s
 def test_a_local_model_of_another_version_is_not_served_as_the_champion(
     bundles, data_dir: Path, photos: Path, clean_env
 ) -> None:
@@ -175,6 +177,7 @@ def test_a_local_model_of_another_version_is_not_served_as_the_champion(
     assert str(layout.bundle_dir(data_dir, "beta")) not in stderr
 
 
+@pytest.mark.slow  # three CLI predictions on real bundles: ~10 s
 def test_without_a_champion_the_fallback_is_said_out_loud(
     bundles, data_dir: Path, photos: Path, clean_env
 ) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout, tracking
+from food_assets import layout, model_registry, tracking
 from food_assets.assets._common import (
     MODEL_SHARED_MODULES,
     REEVALUATION_FRESHNESS,
@@ -304,9 +304,78 @@ def leaderboard(
         result = compare_models(rows)
         files = save_comparison(result, out)
         artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
-    tracking.set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
+    set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
     metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
     return dg.MaterializeResult(value=result.table, metadata=metadata)
+
+
+def _candidate(instance: Any, key: str, report: Any) -> "tracking.Candidate":
+    """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
+    result of its blocking accuracy check as Dagster recorded it (it must be the check of the
+    evaluation the leaderboard read: same run as the latest materialization)."""
+    Candidate = tracking.Candidate
+    model = layout.model_name_of(key) or key
+    summary = getattr(report, "summary", None)
+    if summary is None:  # a Skipped value: nothing was evaluated
+        return Candidate(model, None, None, False, None, getattr(report, "reason", "skipped"))
+    acc = float(summary.get("test/acc_top1", float("nan")))
+    version = report.model_metadata.get(tracking.MODEL_VERSION_KEY)
+    version = int(version) if isinstance(version, int | float | str) and str(version) else None
+    asset_key = dg.AssetKey(layout.evaluation_asset(model))
+    record = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
+    )
+    latest = instance.get_latest_materialization_event(asset_key)
+    evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
+    if evaluation is None or not hasattr(evaluation, "passed"):
+        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
+    if latest is None or latest.run_id != record.run_id:
+        return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
+    floor_value = evaluation.metadata.get("floor")
+    floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
+    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
+    if version is None:
+        reason = reason or "no registered model version"
+    return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
+
+
+def set_champion(
+    context: Any, mlflow_resource: Any, evaluations: dict[str, Any]
+) -> "tracking.Candidate | None":
+    """Point the `champion` alias at the best model whose evaluation passed its accuracy floor
+    (`tracking.promote_champion`: the rule and the MLflow writes), from the candidates Dagster's
+    check records give; adds the outcome to the asset's metadata."""
+    import mlflow
+
+    uri = getattr(mlflow_resource, "tracking_uri", None) or mlflow.get_tracking_uri()
+    keys = sorted(evaluations)
+    candidates = [_candidate(context.instance, k, evaluations[k]) for k in keys]
+    temperatures = {
+        c.model: float(getattr(evaluations[k], "temperature", 1.0))
+        for c, k in zip(candidates, keys, strict=True)
+    }
+    champion = tracking.promote_champion(uri, candidates, temperatures)
+    if champion is None:
+        context.log.warning(
+            "no champion: no model passed its accuracy floor with a registered version ("
+            + "; ".join(f"{c.model}: {c.reason or 'not eligible'}" for c in candidates)
+            + ")"
+        )
+        context.add_output_metadata({"champion": "none"})
+        return None
+    keep = model_registry.registered_model_name(champion.model)
+    base = tracking.ui_url(uri, getattr(mlflow_resource, "ui_url", None))
+    context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
+    context.add_output_metadata(
+        {
+            "champion": champion.model,
+            "champion_uri": f"models:/{keep}@{model_registry.CHAMPION}",
+            "champion_version": dg.MetadataValue.url(
+                tracking.model_version_link(base, keep, champion.version)
+            ),
+        }
+    )
+    return champion
 
 
 def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -> dict[str, Any]:

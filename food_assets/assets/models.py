@@ -53,6 +53,10 @@ class TrainedModel:
     metadata: dict[str, Any]
 
 
+#: The MLflow links (`tracking.ModelRun.links`) shown as clickable URLs.
+URL_KEYS = ("mlflow_run", "mlflow_model_version")
+
+
 def model_config_class(spec: ModelSpec) -> type:
     """The run config of `model_<spec.name>`: the spec's settings class with its defaults."""
     title = "".join(part.title() for part in spec.name.split("_"))
@@ -148,7 +152,8 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         except FitSkipped as skip:
             yield skipped_output(context, spec.name, skip.reason)
             return
-        metadata = {**fit_metadata(result, spec, artifact_store), **run.metadata()}
+        links = {k: dg.MetadataValue.url(v) if k in URL_KEYS else v for k, v in run.links().items()}
+        metadata = {**fit_metadata(result, spec, artifact_store), **links}
         metadata["asset_seconds"] = round(time.perf_counter() - t0, 1)
         value = trained_model(spec, result, food_splits.source, run.run_id)
         yield dg.Output(value, metadata=metadata)
