@@ -176,9 +176,9 @@ def make_data(plan: Plan, work: Path, report: Report):
     """The Food-101-shaped tree, scanned and split as the data assets do."""
     import pandas as pd
 
+    from benchmarks.synthetic_food101 import make_food101_like
     from food_assets.ml.data.raw import collect_raw_images
     from food_assets.ml.data.splits import SplitManifest, make_splits
-    from food_assets.ml.data.synthetic_food101 import make_food101_like
 
     with report.step("generate", gpu=False):
         root = make_food101_like(
@@ -235,6 +235,13 @@ def compute_config(plan: Plan, *, compile: bool):
 def check_model(plan: Plan, model: str, splits, work: Path, report: Report) -> None:
     import torch
 
+    from benchmarks.throughput import (
+        DeviceGuard,
+        StepTimer,
+        check_on_cuda,
+        in_memory_images_per_s,
+        loader_images_per_s,
+    )
     from food_assets.ml.evaluation.evaluate import evaluate_bundle
     from food_assets.ml.evaluation.predict import predict_logits
     from food_assets.ml.models.bundle import load_bundle
@@ -242,13 +249,6 @@ def check_model(plan: Plan, model: str, splits, work: Path, report: Report) -> N
     from food_assets.ml.training import train_model
     from food_assets.ml.training.compute import resolve_loader
     from food_assets.ml.training.datamodule import SplitDataModule
-    from food_assets.ml.training.throughput import (
-        DeviceGuard,
-        StepTimer,
-        check_on_cuda,
-        in_memory_images_per_s,
-        loader_images_per_s,
-    )
     from food_assets.ml.training.train import train_augment
 
     cfg = recipe_config(plan, model)

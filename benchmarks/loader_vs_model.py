@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
+    from benchmarks.synthetic_food101 import make_food101_like
+    from benchmarks.throughput import in_memory_images_per_s, loader_images_per_s
     from food_assets.ml.data.raw import collect_raw_images
     from food_assets.ml.data.splits import SplitManifest, make_splits
-    from food_assets.ml.data.synthetic_food101 import make_food101_like
     from food_assets.ml.models.registry import get_model_spec
     from food_assets.ml.training import ComputeConfig, TrainConfig
     from food_assets.ml.training.compute import expects_cuda, resolve_loader
     from food_assets.ml.training.datamodule import SplitDataModule
-    from food_assets.ml.training.throughput import in_memory_images_per_s, loader_images_per_s
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="loader_vs_model_"))
     root = make_food101_like(work / "src", classes=args.classes, per_class=args.per_class)

@@ -1,6 +1,6 @@
 """Generate a Food-101-shaped tree (torchvision's layout, Food-101's sizes, learnable classes).
 
-A thin command line over `food_assets.ml.data.synthetic_food101.make_food101_like`, which
+A thin command line over `benchmarks.synthetic_food101.make_food101_like`, which
 documents the layout. The full size is the default (101 classes x 1,000 JPEGs, about 4.6 GB):
 
     .venv/bin/python benchmarks/make_food101_like.py --root data/food101_like
@@ -16,9 +16,12 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
-from food_assets.ml.data.synthetic_food101 import make_food101_like
-from food_assets.ml.errors import ConfigError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
+
+from benchmarks.synthetic_food101 import make_food101_like  # noqa: E402
+from food_assets.ml.errors import ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

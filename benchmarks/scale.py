@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
+
 STEPS = ("scan", "splits", "input", "evaluation", "gradcam", "export")
 RESULT_PREFIX = "SCALE-RESULT "
 
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
     if not (Path(args.root) / "food-101" / "meta" / "train.txt").is_file():
-        from food_assets.ml.data.synthetic_food101 import make_food101_like
+        from benchmarks.synthetic_food101 import make_food101_like
 
         print(f"generating {args.classes} x {args.per_class} images under {args.root} ...")
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ copy of the root first (nothing to fetch for a local root).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -224,6 +225,43 @@ def best_model(models: Iterable[MaterializedModel]) -> MaterializedModel | None:
     """
     ranked = sorted(models, key=lambda m: (m.accuracy is None, -(m.accuracy or 0.0), m.name))
     return ranked[0] if ranked else None
+
+
+def registry_model(
+    ref: str, data: str | os.PathLike[str] | None = None, *, uri: str | None = None
+) -> MaterializedModel:
+    """A catalog entry for a registered version (`champion`, `models:/...`): its bundle, logged
+    under `bundle/` in the version's run, downloaded once into `<data dir>/cache/mlflow_models/`,
+    with the temperature from the version's tags (the leaderboard records the evaluation's).
+
+    Raises `UnknownModelError` for a name, alias or version the registry does not have and
+    `CheckpointError` when the version's label map disagrees with its bundle.
+    """
+    from food_assets import model_registry as registry
+
+    uri = uri or registry.registry_uri(data)
+    found = registry.find_registered_version(ref, uri=uri)
+    bundle = registry.download_bundle(found, uri, data_dir(data))
+    temperature, calibrated = 1.0, False
+    try:
+        temperature = float(found.tags.get("temperature", "1.0"))
+        calibrated = found.tags.get("temperature_source") == registry.TEMPERATURE_FROM_EVALUATION
+    except ValueError:
+        pass
+    if not (math.isfinite(temperature) and temperature > 0):
+        temperature, calibrated = 1.0, False
+    metrics = {}
+    with contextlib.suppress(KeyError, ValueError):
+        metrics["test/acc_top1"] = float(found.tags["test_acc_top1"])
+    return MaterializedModel(
+        name=found.uri,
+        bundle_dir=bundle,
+        onnx_path=None,
+        metrics=metrics,
+        temperature=temperature,
+        calibrated=calibrated,
+        registry=found,
+    )
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -1,13 +1,52 @@
-"""The one place that assembles the code location: assets, checks, resources, jobs, schedules,
-the automation sensor. `dg` finds it through `[tool.dg.project]` in pyproject.toml."""
+"""The one place that assembles the code location (the composition root): assets, checks, the
+resource dict, jobs, schedules, the automation sensor. `dg` finds it through
+`[tool.dg.project]` in pyproject.toml."""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import dagster as dg
 
-from food_assets.resources import default_resources
+from food_assets.io_manager import AssetValueIOManager
+from food_assets.resources import (
+    ArtifactStore,
+    LightningCompute,
+    QualityGates,
+    food_mlflow,
+    mlflow_tracking_uri,
+)
+from food_assets.storage import default_data_dir
+
+
+def default_resources(data_dir: str | None = None) -> dict[str, Any]:
+    """The code location's resources; `data_dir` (default: FOOD_ASSETS_DATA_DIR or ./data)
+    roots the artifacts and the embedded MLflow store. The artifact root is the data folder
+    unless FOOD_ASSETS_ARTIFACT_ROOT names another folder or an object-store URL.
+
+    Here, not in `resources`, because the dict names the IO manager, which depends on the
+    `ArtifactStore` resource: the composition root imports both, neither imports the other.
+    """
+    # An explicit data_dir keeps everything, MLflow included, inside it (tests); otherwise
+    # MLFLOW_TRACKING_URI, when set, points the tracking at a server.
+    uri = mlflow_tracking_uri(data_dir)
+    data_dir = data_dir or default_data_dir()
+    # Configured at launch, so that run config (`resources: {artifact_store: {config: ...}}`)
+    # reaches the IO manager too: Dagster resolves its dependency to this same top-level key.
+    store = ArtifactStore.configure_at_launch(data_dir=data_dir)
+    return {
+        "artifact_store": store,
+        # Every asset value as a JSON record in its own folder (ADR 0009), not a pickle in
+        # Dagster's storage folder.
+        "io_manager": AssetValueIOManager(artifact_store=store),
+        "compute": LightningCompute(),
+        "quality": QualityGates(),
+        "mlflow": food_mlflow.configured(
+            {"experiment_name": "food_assets", "mlflow_tracking_uri": uri}
+        ),
+    }
+
 
 # Each module defines its assets (factories over the model registry) and their checks.
 ASSET_MODULES = [
@@ -20,14 +59,7 @@ ASSET_MODULES = [
 
 
 def _modules() -> list:
-    mods = []
-    for name in ASSET_MODULES:
-        try:
-            mods.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return mods
+    return [importlib.import_module(name) for name in ASSET_MODULES]
 
 
 #: The assets made once per registry entry: (module, its module-level list, factory(name)).

@@ -94,8 +94,7 @@ def build_run_config(
 
 def load_definitions(data_dir: Path) -> dg.Definitions:
     """The project's definitions with the default resources on `data_dir`."""
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import default_resources
+    from food_assets.definitions import build_definitions, default_resources
 
     return build_definitions(default_resources(str(data_dir)))
 

@@ -31,6 +31,16 @@ import re
 from pathlib import Path
 from typing import TypeVar
 
+# The export folder's file names belong to the exporter; the paths below reuse them (and
+# `layout.ONNX_FILE` / `layout.ONNX_INT8_FILE` stay importable from here).
+from food_assets.ml.export.files import (
+    INT8_RECORD_FILE,
+    LATENCY_FILE,
+    ONNX_FILE,
+    PARITY_FILE,
+)
+from food_assets.ml.export.files import ONNX_INT8_FILE as ONNX_INT8_FILE  # re-exported
+
 #: A local `Path` or a `UPath`: anything that joins with `/`.
 P = TypeVar("P")
 
@@ -38,8 +48,6 @@ ARTIFACTS = "artifacts"
 RECORD_FILE = "value.json"
 FRAME_FILE = "value.parquet"
 BUNDLE_DIR = "bundle"
-ONNX_FILE = "model.onnx"
-ONNX_INT8_FILE = "model_int8.onnx"
 
 RAW_ASSET = "food_images_raw"
 SPLITS_ASSET = "food_splits"
@@ -48,6 +56,9 @@ LEADERBOARD_ASSET = "leaderboard"
 
 #: The per-model asset families, `<kind>_<model name>`.
 MODEL_KINDS = ("model", "evaluation", "onnx", "gradcam")
+#: The blocking check on `evaluation_<name>` the champion rule reads (the wiring defines it, the
+#: MLflow side looks its result up by this name).
+ACCURACY_CHECK = "accuracy_above_floor"
 
 
 # -- asset names -------------------------------------------------------------------------------
@@ -153,22 +164,17 @@ def onnx_file(root: P, name: str) -> P:
     return onnx_dir(root, name) / ONNX_FILE  # type: ignore[operator]
 
 
-def onnx_int8_file(root: P, name: str) -> P:
-    """The int8 twin of `onnx_file` (`food_assets.ml.export.quantize.int8_path` of it)."""
-    return onnx_dir(root, name) / ONNX_INT8_FILE  # type: ignore[operator]
-
-
 def int8_record_file(root: P, name: str) -> P:
     """The int8 export's record (quantization, gate, latency) as JSON, beside the file."""
-    return onnx_dir(root, name) / "int8.json"  # type: ignore[operator]
+    return onnx_dir(root, name) / INT8_RECORD_FILE  # type: ignore[operator]
 
 
 def parity_file(root: P, name: str) -> P:
-    return onnx_dir(root, name) / "parity.json"  # type: ignore[operator]
+    return onnx_dir(root, name) / PARITY_FILE  # type: ignore[operator]
 
 
 def latency_file(root: P, name: str) -> P:
-    return onnx_dir(root, name) / "latency.json"  # type: ignore[operator]
+    return onnx_dir(root, name) / LATENCY_FILE  # type: ignore[operator]
 
 
 def gradcam_dir(root: P, name: str) -> P:

@@ -1,23 +1,22 @@
 """Models in the MLflow Model Registry, for the CLI and the demo (ADR 0012).
 
 Each `model_<name>` registers a version of `food_assets.<name>`; the leaderboard puts the
-`champion` alias on the best one whose evaluation passed its accuracy floor. `registry_model`
-resolves `champion` or a `models:/` URI to a `catalog.MaterializedModel` whose bundle was
-downloaded once into the local cache. Split from `catalog` so that each reads in one sitting.
+`champion` alias on the best one whose evaluation passed its accuracy floor.
+`find_registered_version` resolves `champion` or a `models:/` URI to a version, `download_bundle`
+fetches its bundle once into the local cache; the catalog (`catalog.registry_model`) turns that
+into a `MaterializedModel`. This module never imports the catalog (no cycle, ADR 0020).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from food_assets import layout
-from food_assets.catalog import MaterializedModel, data_dir
+from food_assets.storage import default_data_dir
 
 #: Each `model_<name>` registers a version of `food_assets.<name>`; the leaderboard puts the
 #: `champion` alias on the best one whose evaluation passed its accuracy floor.
@@ -69,7 +68,8 @@ def registry_uri(data: str | os.PathLike[str] | None = None) -> str:
     env = os.environ.get("FOOD_ASSETS_MLFLOW_URI")
     if env:
         return env
-    return f"sqlite:///{layout.mlflow_dir(data_dir(data)) / 'mlflow.db'}"
+    folder = Path(data or default_data_dir()).expanduser().resolve()
+    return f"sqlite:///{layout.mlflow_dir(folder) / 'mlflow.db'}"
 
 
 def _client(uri: str) -> Any:
@@ -151,42 +151,7 @@ def _safe(uri: str) -> str:
     return uri
 
 
-def registry_model(
-    ref: str, data: str | os.PathLike[str] | None = None, *, uri: str | None = None
-) -> MaterializedModel:
-    """A catalog entry for a registered version (`champion`, `models:/...`): its bundle, logged
-    under `bundle/` in the version's run, downloaded once into `<data dir>/cache/mlflow_models/`,
-    with the temperature from the version's tags (the leaderboard records the evaluation's).
-
-    Raises `UnknownModelError` for a name, alias or version the registry does not have and
-    `CheckpointError` when the version's label map disagrees with its bundle.
-    """
-    uri = uri or registry_uri(data)
-    found = find_registered_version(ref, uri=uri)
-    bundle = _download_bundle(found, uri, data_dir(data))
-    temperature, calibrated = 1.0, False
-    try:
-        temperature = float(found.tags.get("temperature", "1.0"))
-        calibrated = found.tags.get("temperature_source") == TEMPERATURE_FROM_EVALUATION
-    except ValueError:
-        pass
-    if not (math.isfinite(temperature) and temperature > 0):
-        temperature, calibrated = 1.0, False
-    metrics = {}
-    with contextlib.suppress(KeyError, ValueError):
-        metrics["test/acc_top1"] = float(found.tags["test_acc_top1"])
-    return MaterializedModel(
-        name=found.uri,
-        bundle_dir=bundle,
-        onnx_path=None,
-        metrics=metrics,
-        temperature=temperature,
-        calibrated=calibrated,
-        registry=found,
-    )
-
-
-def _download_bundle(found: RegistryVersion, uri: str, data: Path) -> Path:
+def download_bundle(found: RegistryVersion, uri: str, data: Path) -> Path:
     """The version's bundle in the local cache (downloaded on first use; versions are
     immutable, so a complete cached copy is reused)."""
     from food_assets.ml import artifacts

@@ -11,7 +11,6 @@ import os
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import dagster as dg
 from dagster_mlflow.resources import CONFIG_SCHEMA as MLFLOW_CONFIG_SCHEMA
@@ -248,29 +247,3 @@ def _end_stale_runs(dagster_run_id: str | None) -> None:
         if dagster_run_id and active.data.tags.get("dagster_run_id") == dagster_run_id:
             return
         _end_active_run()
-
-
-def default_resources(data_dir: str | None = None) -> dict[str, Any]:
-    """The code location's resources; `data_dir` (default: FOOD_ASSETS_DATA_DIR or ./data)
-    roots the artifacts and the embedded MLflow store. The artifact root is the data folder
-    unless FOOD_ASSETS_ARTIFACT_ROOT names another folder or an object-store URL."""
-    # An explicit data_dir keeps everything, MLflow included, inside it (tests); otherwise
-    # MLFLOW_TRACKING_URI, when set, points the tracking at a server.
-    from food_assets.io_manager import AssetValueIOManager
-
-    uri = mlflow_tracking_uri(data_dir)
-    data_dir = data_dir or default_data_dir()
-    # Configured at launch, so that run config (`resources: {artifact_store: {config: ...}}`)
-    # reaches the IO manager too: Dagster resolves its dependency to this same top-level key.
-    store = ArtifactStore.configure_at_launch(data_dir=data_dir)
-    return {
-        "artifact_store": store,
-        # Every asset value as a JSON record in its own folder (ADR 0009), not a pickle in
-        # Dagster's storage folder.
-        "io_manager": AssetValueIOManager(artifact_store=store),
-        "compute": LightningCompute(),
-        "quality": QualityGates(),
-        "mlflow": food_mlflow.configured(
-            {"experiment_name": "food_assets", "mlflow_tracking_uri": uri}
-        ),
-    }

@@ -6,8 +6,9 @@ the per-epoch curves into it (`ModelRun.loggers()`, nothing else logs per epoch)
 adds the params, numeric metadata, artifacts (bundle, checkpoints, plots, label map, resolved
 config), the logged model with its signature, and registers that model as a new version of
 `food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the `champion` alias
-(`set_champion`, ADR 0012). `food_assets.ml` never imports MLflow; the asset bodies call this
-module and nothing else about tracking.
+(`promote_champion` over `choose_champion`, a pure rule; ADR 0012). No Dagster here: the asset
+bodies gather what Dagster knows (check records) and turn links into metadata. `food_assets.ml`
+never imports MLflow; the asset bodies call this module and nothing else about tracking.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from food_assets import layout, model_registry
+from food_assets import model_registry
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
 from food_assets.redact import redact_uri
@@ -111,28 +112,23 @@ class ModelRun:
         result.metadata[REGISTERED_MODEL_KEY] = self.version.name
         result.metadata[MODEL_VERSION_KEY] = int(self.version.version)
 
-    def metadata(self) -> dict[str, Any]:
-        """The run's id, links to it (and to the registered version) and the tracking URI, for
-        the asset's metadata."""
-        import dagster as dg
+    def links(self) -> dict[str, str]:
+        """The run's id, the tracking URI and links to the run (and the registered version),
+        as plain strings: the Dagster side turns the links into URL metadata."""
         import mlflow
 
         info = self.run.info
-        meta: dict[str, Any] = {
+        out = {
             "mlflow_run_id": info.run_id,
-            "mlflow_run": dg.MetadataValue.url(
-                run_link(self.ui_base, info.experiment_id, info.run_id)
-            ),
+            "mlflow_run": run_link(self.ui_base, info.experiment_id, info.run_id),
             # Shown in the UI and stored in the event log: never with its password.
             "mlflow_tracking_uri": redact_uri(mlflow.get_tracking_uri()),
         }
         if self.version is not None:
             name, number = self.version.name, self.version.version
-            meta["mlflow_model_uri"] = f"models:/{name}/{number}"
-            meta["mlflow_model_version"] = dg.MetadataValue.url(
-                model_version_link(self.ui_base, name, number)
-            )
-        return meta
+            out["mlflow_model_uri"] = f"models:/{name}/{number}"
+            out["mlflow_model_version"] = model_version_link(self.ui_base, name, number)
+        return out
 
 
 @contextlib.contextmanager
@@ -246,55 +242,22 @@ def choose_champion(candidates: list[Candidate]) -> Candidate | None:
     return eligible[0] if eligible else None
 
 
-def _candidate(instance: Any, key: str, report: Any) -> Candidate:
-    """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
-    result of its blocking accuracy check as Dagster recorded it (it must be the check of the
-    evaluation the leaderboard read: same run as the latest materialization)."""
-    import dagster as dg
-
-    from food_assets.assets.evaluation import ACCURACY_CHECK
-
-    model = layout.model_name_of(key) or key
-    summary = getattr(report, "summary", None)
-    if summary is None:  # a Skipped value: nothing was evaluated
-        return Candidate(model, None, None, False, None, getattr(report, "reason", "skipped"))
-    acc = float(summary.get("test/acc_top1", float("nan")))
-    version = report.model_metadata.get(MODEL_VERSION_KEY)
-    version = int(version) if isinstance(version, int | float | str) and str(version) else None
-    asset_key = dg.AssetKey(layout.evaluation_asset(model))
-    record = instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
-    )
-    latest = instance.get_latest_materialization_event(asset_key)
-    evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
-    if evaluation is None or not hasattr(evaluation, "passed"):
-        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
-    if latest is None or latest.run_id != record.run_id:
-        return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
-    floor_value = evaluation.metadata.get("floor")
-    floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
-    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
-    if version is None:
-        reason = reason or "no registered model version"
-    return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
-
-
-def set_champion(
-    context: Any, mlflow_resource: Any, evaluations: Mapping[str, Any]
+def promote_champion(
+    uri: str, candidates: list[Candidate], temperatures: Mapping[str, float]
 ) -> Candidate | None:
-    """Point the `champion` alias at the best model whose evaluation passed its accuracy floor.
+    """Point the `champion` alias at `choose_champion(candidates)` in the store at `uri`.
 
-    Every evaluated version gets its test accuracy, floor, check verdict and calibrated
-    temperature as tags. The alias goes on `food_assets.<best>` and comes off every other
-    `food_assets.*` model, so there is one champion; when no model is eligible there is none
-    (a model under its floor never keeps or gets it). Adds the outcome to the asset's metadata.
+    Every candidate with a version gets its test accuracy, floor, check verdict and calibrated
+    temperature (`temperatures[model]`) as version tags. The alias goes on
+    `food_assets.<best>` and comes off every other `food_assets.*` model, so there is one
+    champion; when no candidate is eligible there is none (a model under its floor never keeps
+    or gets it). MLflow only: the leaderboard asset gathers the candidates from Dagster's check
+    records and reports the outcome.
     """
     import mlflow
 
-    uri = getattr(mlflow_resource, "tracking_uri", None) or mlflow.get_tracking_uri()
     client = mlflow.MlflowClient(uri)
-    candidates = [_candidate(context.instance, k, r) for k, r in sorted(evaluations.items())]
-    for c, report in zip(candidates, (evaluations[k] for k in sorted(evaluations)), strict=True):
+    for c in candidates:
         if c.version is None:
             continue
         name = model_registry.registered_model_name(c.model)
@@ -302,7 +265,7 @@ def set_champion(
             "test_acc_top1": f"{c.acc:.6f}",
             "accuracy_floor": "n/a" if c.floor is None else f"{c.floor:.6f}",
             "accuracy_check": "passed" if c.check_passed else "failed",
-            "temperature": repr(float(report.temperature)),
+            "temperature": repr(float(temperatures[c.model])),
             "temperature_source": model_registry.TEMPERATURE_FROM_EVALUATION,
         }
         for k, v in tags.items():
@@ -312,26 +275,6 @@ def set_champion(
     for registered in model_registry.search_registered_models(client):
         if model_registry.CHAMPION in registered.aliases and registered.name != keep:
             client.delete_registered_model_alias(registered.name, model_registry.CHAMPION)
-    base = ui_url(uri, getattr(mlflow_resource, "ui_url", None))
-    if champion is None:
-        context.log.warning(
-            "no champion: no model passed its accuracy floor with a registered version ("
-            + "; ".join(f"{c.model}: {c.reason or 'not eligible'}" for c in candidates)
-            + ")"
-        )
-        context.add_output_metadata({"champion": "none"})
-        return None
-    client.set_registered_model_alias(keep, model_registry.CHAMPION, str(champion.version))
-    import dagster as dg
-
-    context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
-    context.add_output_metadata(
-        {
-            "champion": champion.model,
-            "champion_uri": f"models:/{keep}@{model_registry.CHAMPION}",
-            "champion_version": dg.MetadataValue.url(
-                model_version_link(base, keep, champion.version)
-            ),
-        }
-    )
+    if champion is not None:
+        client.set_registered_model_alias(keep, model_registry.CHAMPION, str(champion.version))
     return champion

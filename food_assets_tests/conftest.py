@@ -47,7 +47,7 @@ def data_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def resources(data_dir):
     """The code location's resources, pointed at the test's data folder."""
-    from food_assets.resources import default_resources
+    from food_assets.definitions import default_resources
 
     return default_resources()
 
@@ -95,8 +95,7 @@ def graph_run(tmp_path_factory):
     """The whole asset graph materialized once on a tiny sample; many tests read from it."""
     import dagster as dg
 
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import default_resources
+    from food_assets.definitions import build_definitions, default_resources
 
     data_dir = tmp_path_factory.mktemp("graph") / "data"
     from food_assets.resources import QualityGates

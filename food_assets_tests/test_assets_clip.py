@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from food_assets.assets._common import Skipped
-from food_assets.definitions import build_definitions
+from food_assets.definitions import build_definitions, default_resources
 from food_assets.ml.models import get_model_spec
-from food_assets.resources import default_resources
 from food_assets_tests.reference import reference_pointing_game
 from food_assets_tests.test_ml_clip import TINY_ARCH, TINY_CFG
 

@@ -148,7 +148,7 @@ def test_a_food101_shaped_tree_of_2000_images_through_the_data_assets(tmp_path, 
     official test split not kept (about 15 % of each class instead of 25 %), the scan's reduced
     JPEG decode leaking into the manifest sizes (12x9 for 96x72 files).
     """
-    from food_assets.ml.data.synthetic_food101 import make_food101_like
+    from benchmarks.synthetic_food101 import make_food101_like
 
     make_food101_like(tmp_path / "f101", classes=20, per_class=100, image_size=(96, 72))
     config = {

@@ -510,7 +510,7 @@ CASES: list[Any] = [
                 "food_assets.ml.inference.predictor", fromlist=["x"]
             ).load_predictor(_write(env.tmp / "m.onnx", b"\x08\x07garbage"))
         ),
-        "is not a readable ONNX file",
+        "is neither a readable ONNX file",
     ),
     (
         "onnx: metadata removed",
@@ -725,8 +725,7 @@ def dagster_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Data assets materialized once; Dagster cases re-run parts of the graph over them."""
     import dagster as dg
 
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import default_resources
+    from food_assets.definitions import build_definitions, default_resources
 
     data_dir = tmp_path_factory.mktemp("bad_inputs") / "data"
     resources = default_resources(str(data_dir))

@@ -126,8 +126,8 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _require_browser()  # do not spend half a minute training when the tests will skip
     import dagster as dg
 
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import QualityGates, default_resources
+    from food_assets.definitions import build_definitions, default_resources
+    from food_assets.resources import QualityGates
 
     root = tmp_path_factory.mktemp("dagster")
     home, data_dir = root / "home", root / "data"

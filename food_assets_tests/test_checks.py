@@ -19,12 +19,12 @@ from torch import nn
 from food_assets.assets._common import not_evaluated
 from food_assets.assets.evaluation import (
     ACCURACY_CHECK,
-    DEFAULT_ACCURACY_FLOORS,
     EvaluationReport,
     accuracy_check_result,
 )
 from food_assets.assets.explain import SANITY_CHECK, sanity_check_result
 from food_assets.ml.explain.sanity import deletion_test, pointing_baseline, pointing_game
+from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.quality import (
     check_every_class_in_every_split,
     check_gradcam_sanity,
@@ -159,13 +159,15 @@ def test_the_default_quality_gates_leave_the_shipped_floors_in_force():
     assert QualityGates().accuracy == {}
 
 
-SAMPLE_FLOORS = [(m, f) for m, f in DEFAULT_ACCURACY_FLOORS["sample"].items() if f > 0]
+SAMPLE_FLOORS = [
+    (m, f) for m in list_models() if (f := get_model_spec(m).accuracy_floors.get("sample", 0.0)) > 0
+]
 
 
 @pytest.mark.parametrize("model, floor", SAMPLE_FLOORS)
 def test_sample_accuracy_at_the_shipped_floor_passes_and_just_below_fails(model, floor):
     """Catches a flipped or strict comparison (`>` instead of `>=`, `<=`), and a check that
-    does not read `DEFAULT_ACCURACY_FLOORS` for the sample source."""
+    does not read the registry entry's `accuracy_floors` for the sample source."""
     gates = QualityGates()
     at = accuracy_check_result(_report("sample", model, floor), gates)
     assert at.passed is True

@@ -248,7 +248,7 @@ def test_one_models_failed_accuracy_gate_hides_the_comparison_a_skip_does_not(
 def test_the_shipped_floor_reaches_the_check_in_a_run(graph_run, mlflow_isolated):
     """With the default `QualityGates` (no override), the run's accuracy check uses the shipped
     sample floor of `custom_cnn` (0.50) and its verdict and the run's outcome follow the
-    measured accuracy. Catches the asset not passing `DEFAULT_ACCURACY_FLOORS` to the check."""
+    measured accuracy. Catches the asset not passing the entry's `accuracy_floors` to the check."""
     name = "custom_cnn"
     resources = {**graph_run["resources"], "quality": QualityGates()}
     defs = build_definitions(resources)

@@ -320,20 +320,21 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh persistent instance; the accuracy gate off, since one epoch on 36 images is near
     chance and the blocking accuracy check would fail the evaluation run (the gate has tests of
     its own)."""
+    import food_assets.definitions as defs
     import food_assets.resources as res
 
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    real = res.default_resources
+    real = defs.default_resources
 
     def no_gate(data_dir: str | None = None) -> dict:
         resources = real(data_dir)
         resources["quality"] = res.QualityGates(accuracy={"sample/*": 0.0})
         return resources
 
-    monkeypatch.setattr(res, "default_resources", no_gate)
+    monkeypatch.setattr(defs, "default_resources", no_gate)
     return home
 
 

@@ -16,7 +16,7 @@ import dagster as dg
 import mlflow
 import pytest
 
-from food_assets import model_registry, tracking
+from food_assets import catalog, model_registry, tracking
 from food_assets.ml.errors import UnknownModelError
 from food_assets_tests.conftest import tiny_run_config
 
@@ -125,7 +125,7 @@ def test_champion_without_a_store_says_what_to_do(tmp_path, monkeypatch):
     creates the database and the error becomes "no model holds ... champion")."""
     monkeypatch.delenv("FOOD_ASSETS_MLFLOW_URI", raising=False)
     with pytest.raises(UnknownModelError, match="no MLflow store"):
-        model_registry.registry_model("champion", tmp_path)
+        catalog.registry_model("champion", tmp_path)
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
@@ -139,9 +139,9 @@ def registry_runs(tmp_path_factory):
     lite0 (and any other trained entry) fail that run.
     Run 2 materializes the leaderboard alone over the stored evaluations, on the same instance
     (which holds the check results). Both are real `dg.materialize` calls."""
-    from food_assets.definitions import build_definitions
+    from food_assets.definitions import build_definitions, default_resources
     from food_assets.ml.models import get_model_spec, list_models
-    from food_assets.resources import QualityGates, default_resources
+    from food_assets.resources import QualityGates
 
     data_dir = tmp_path_factory.mktemp("registry") / "data"
     resources = default_resources(str(data_dir))

@@ -372,8 +372,9 @@ def test_load_predictor_refuses_anything_else(case: str, tmp_path: Path) -> None
         target.mkdir()
     elif case == "other_file":
         target = _png(tmp_path / "x.png", (0, 0, 0))
+    what = r"a readable ONNX file \(.+\)" if case == "other_file" else r"an \.onnx file"
     message = (
-        rf"^{target} is neither an \.onnx file nor a model bundle folder \(with card\.json\); "
+        rf"^{target} is neither {what} nor a model bundle folder \(with card\.json\); "
         r"point at the output of a model_<name> or onnx_<name> asset$"
     )
     with pytest.raises(CheckpointError, match=message):

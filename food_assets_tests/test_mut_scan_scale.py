@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from benchmarks.synthetic_food101 import make_food101_like, render_food101_like_image
 from food_assets.ml.data import scan
 from food_assets.ml.data.images import open_image
 from food_assets.ml.data.scan import scan_images
-from food_assets.ml.data.synthetic_food101 import make_food101_like, render_food101_like_image
 
 
 def _jpeg(path: Path, size: tuple[int, int], seed: int = 0, **save: object) -> bytes:

@@ -153,7 +153,7 @@ import dagster as dg
 import lightning.pytorch as pl
 import food_assets.ml.training.fit as training_fit
 from food_assets.definitions import build_definitions
-from food_assets.resources import default_resources
+from food_assets.definitions import default_resources
 
 args = json.loads(sys.argv[1])
 real_train_model = training_fit.train_model
@@ -183,8 +183,7 @@ def test_training_killed_mid_epoch_resumes_when_rematerialized(tmp_path: Path) -
     asset again resumes from last.ckpt at that epoch and finishes: only it is lost."""
     import dagster as dg
 
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import default_resources
+    from food_assets.definitions import build_definitions, default_resources
 
     data_dir = tmp_path / "data"
     selection = ["food_images_raw", "food_splits", "model_custom_cnn"]
@@ -562,8 +561,7 @@ def test_disk_full_during_a_materialization_is_a_clean_failure(
     materialization's file is still there and readable."""
     import dagster as dg
 
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import default_resources
+    from food_assets.definitions import build_definitions, default_resources
 
     resources = default_resources(str(tmp_path / "data"))
     defs = build_definitions(resources)

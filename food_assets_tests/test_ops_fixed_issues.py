@@ -54,7 +54,7 @@ def test_mlflow_tracking_uri_from_the_environment_is_used(
 ) -> None:
     """Breakage caught: `default_resources()` ignoring MLFLOW_TRACKING_URI (the former known
     issue), or an explicit data folder (tests) no longer keeping MLflow inside it."""
-    from food_assets.resources import default_resources
+    from food_assets.definitions import default_resources
 
     monkeypatch.setenv("FOOD_ASSETS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")

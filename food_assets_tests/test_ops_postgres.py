@@ -95,7 +95,8 @@ def _team_setup(
 ) -> TeamSetup:
     """Fresh `dagster<suffix>` and `mlflow<suffix>` databases, DAGSTER_HOME with the team's
     dagster.yaml, and the team's MLflow resource config (only the artifact root made local)."""
-    from food_assets.resources import QualityGates, default_resources, food_mlflow
+    from food_assets.definitions import default_resources
+    from food_assets.resources import QualityGates, food_mlflow
 
     dagster_url = pg.create_database(f"dagster{suffix}")
     # MLflow's SQLAlchemy store picks the psycopg (3) driver for a bare postgresql:// URL; the
@@ -221,7 +222,7 @@ def test_champion_alias_in_the_postgres_registry(
     import dagster as dg
     from mlflow.tracking import MlflowClient
 
-    from food_assets import model_registry
+    from food_assets import catalog
     from food_assets.definitions import build_definitions
     from food_assets_tests.leaderboard_run import leaderboard_run_config, leaderboard_selection
 
@@ -255,7 +256,7 @@ def test_champion_alias_in_the_postgres_registry(
     report = result.output_for_node("evaluation_custom_cnn")
     weights = (model.bundle_dir / "model.safetensors").read_bytes()
     for ref in ("champion", uri):  # FOOD_ASSETS_MLFLOW_URI is the team's store (_team_setup)
-        entry = model_registry.registry_model(ref, tmp_path / "consumer")
+        entry = catalog.registry_model(ref, tmp_path / "consumer")
         assert entry.name == uri and entry.registry.version == str(mv.version)
         assert entry.calibrated and entry.temperature == pytest.approx(report.temperature)
         assert (entry.bundle_dir / "model.safetensors").read_bytes() == weights

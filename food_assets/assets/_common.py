@@ -179,13 +179,13 @@ def _first_party_imports(file: Path) -> set[str]:
 
 
 def qualified_name(obj: Any) -> str:
-    """`module:qualname` of a hook; a registry `Ref` by its path; a partial with its arguments."""
+    """`module:qualname` of a hook (a `module:qualname` string as it is); a partial with its
+    arguments."""
+    if isinstance(obj, str):
+        return obj
     if isinstance(obj, functools.partial):
         kwargs = sorted(obj.keywords.items())
         return f"partial({qualified_name(obj.func)}, {obj.args!r}, {kwargs!r})"
-    path = getattr(obj, "path", None)
-    if isinstance(path, str) and ":" in path:  # food_assets.ml.models.registry.Ref
-        return path
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
@@ -230,9 +230,15 @@ def spec_code_version(spec: Any) -> str:
     """`model_<name>`'s code version: the entry's data fields, its hooks' qualified names, and
     the source of the hooks' modules (and what they import from food_assets) and of the shared
     model modules. A changed entry, fit hook, builder or preprocessing makes the model stale."""
+    from food_assets.ml.training.config import DEFAULT_FIT, settings_class
+
     hooks = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    # The effective hooks (an entry without its own trains with Lightning), so that a change to
+    # the default trainer makes its models stale too; the default by name (no Lightning import).
+    hooks["fit"], hooks["config_cls"] = spec.fit or DEFAULT_FIT, settings_class(spec)
     callables = ("build", "preprocess", "fit", "config_cls", "cam_reshape")
-    data = {k: v for k, v in hooks.items() if k not in callables}
+    # The floors gate the evaluation, not the model: changing one must not retrain it.
+    data = {k: v for k, v in hooks.items() if k not in callables and k != "accuracy_floors"}
     data["config_defaults"] = sorted(dict(data.get("config_defaults") or {}).items())
     names = {k: qualified_name(hooks[k]) for k in callables if hooks.get(k) is not None}
     modules = {_hook_module(hooks[k]) for k in callables if hooks.get(k) is not None}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout, tracking
+from food_assets import layout, model_registry, tracking
 from food_assets.assets._common import (
     MODEL_SHARED_MODULES,
     REEVALUATION_FRESHNESS,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch an
     from food_assets.ml.evaluation import ComparisonResult, EvaluationResult
 
 EVALUATION_GROUP = "evaluation"
-ACCURACY_CHECK = "accuracy_above_floor"
+ACCURACY_CHECK = layout.ACCURACY_CHECK
 
 #: Code versions (ADR 0011): the evaluation code and what loads a bundle; the leaderboard's table.
 EVALUATION_CODE_VERSION = code_version(
@@ -61,37 +61,20 @@ LEADERBOARD_AUTOMATION = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("eager, blocking checks passed")
 
-#: Minimum test top-1 accuracy per data source and model, used when QualityGates.accuracy has
-#: no entry. food101: below published results for these recipes, with a margin
-#: (docs/evaluation.md cites them). sample: measured sample runs with a safety margin
-#: (docs/benchmarks.md). Anything else: chance plus a little, so a check still means something.
-DEFAULT_ACCURACY_FLOORS: dict[str, dict[str, float]] = {
-    "food101": {
-        "custom_cnn": 0.50,
-        "resnet50": 0.80,
-        "efficientnet_b0": 0.80,
-        "efficientnet_lite0": 0.75,
-        "clip_zero_shot": 0.80,
-        "clip_linear_probe": 0.85,
-    },
-    # Measured by `make run` (configs/sample.yaml, 60 test images, 10 classes): custom_cnn
-    # 0.833 [0.733, 0.917], resnet50 0.667 [0.550, 0.783], efficientnet_b0 0.350 [0.233, 0.483],
-    # efficientnet_lite0 0.983 [0.950, 1.0]; each floor sits well under the interval's low end.
-    "sample": {
-        "custom_cnn": 0.50,
-        "resnet50": 0.35,
-        "efficientnet_b0": 0.15,
-        "efficientnet_lite0": 0.80,
-        "clip_zero_shot": 0.0,
-        "clip_linear_probe": 0.0,
-    },
-}
-
 
 def default_accuracy_floor(source: str, model: str, num_classes: int) -> float:
-    floors = DEFAULT_ACCURACY_FLOORS.get(source, {})
-    if model in floors:
-        return floors[model]
+    """The floor of `model` on `source` when `QualityGates.accuracy` has none: the registry
+    entry's (`ModelSpec.accuracy_floors`), else chance plus a little, so a check still means
+    something (an unregistered name gets that too)."""
+    from food_assets.ml.errors import UnknownModelError
+    from food_assets.ml.models import get_model_spec
+
+    try:
+        floors = get_model_spec(model).accuracy_floors
+    except UnknownModelError:
+        floors = {}
+    if source in floors:
+        return float(floors[source])
     return min(1.0, 1.5 / max(num_classes, 1))
 
 
@@ -156,7 +139,7 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
                 asset=layout.evaluation_asset(name),
                 blocking=True,
                 description=f"test top-1 accuracy of {name} at or above the floor for its "
-                "data source (QualityGates.accuracy, else DEFAULT_ACCURACY_FLOORS)",
+                "data source (QualityGates.accuracy, else the registry entry's accuracy_floors)",
             )
         ],
     )
@@ -321,33 +304,93 @@ def leaderboard(
         result = compare_models(rows)
         files = save_comparison(result, out)
         artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
-    tracking.set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
+    set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
     metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
     return dg.MaterializeResult(value=result.table, metadata=metadata)
 
 
-#: The test metrics of each evaluation that `leaderboard` tabulates.
-COMPARED_METRICS = (
-    "acc_top1",
-    "acc_top1_ci_low",
-    "acc_top1_ci_high",
-    "acc_top5",
-    "macro_f1",
-    "ece",
-    "ece_calibrated",
-)
+def _candidate(instance: Any, key: str, report: Any) -> "tracking.Candidate":
+    """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
+    result of its blocking accuracy check as Dagster recorded it (it must be the check of the
+    evaluation the leaderboard read: same run as the latest materialization)."""
+    Candidate = tracking.Candidate
+    model = layout.model_name_of(key) or key
+    summary = getattr(report, "summary", None)
+    if summary is None:  # a Skipped value: nothing was evaluated
+        return Candidate(model, None, None, False, None, getattr(report, "reason", "skipped"))
+    acc = float(summary.get("test/acc_top1", float("nan")))
+    version = report.model_metadata.get(tracking.MODEL_VERSION_KEY)
+    version = int(version) if isinstance(version, int | float | str) and str(version) else None
+    asset_key = dg.AssetKey(layout.evaluation_asset(model))
+    record = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
+    )
+    latest = instance.get_latest_materialization_event(asset_key)
+    evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
+    if evaluation is None or not hasattr(evaluation, "passed"):
+        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
+    if latest is None or latest.run_id != record.run_id:
+        return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
+    floor_value = evaluation.metadata.get("floor")
+    floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
+    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
+    if version is None:
+        reason = reason or "no registered model version"
+    return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
+
+
+def set_champion(
+    context: Any, mlflow_resource: Any, evaluations: dict[str, Any]
+) -> "tracking.Candidate | None":
+    """Point the `champion` alias at the best model whose evaluation passed its accuracy floor
+    (`tracking.promote_champion`: the rule and the MLflow writes), from the candidates Dagster's
+    check records give; adds the outcome to the asset's metadata."""
+    import mlflow
+
+    uri = getattr(mlflow_resource, "tracking_uri", None) or mlflow.get_tracking_uri()
+    keys = sorted(evaluations)
+    candidates = [_candidate(context.instance, k, evaluations[k]) for k in keys]
+    temperatures = {
+        c.model: float(getattr(evaluations[k], "temperature", 1.0))
+        for c, k in zip(candidates, keys, strict=True)
+    }
+    champion = tracking.promote_champion(uri, candidates, temperatures)
+    if champion is None:
+        context.log.warning(
+            "no champion: no model passed its accuracy floor with a registered version ("
+            + "; ".join(f"{c.model}: {c.reason or 'not eligible'}" for c in candidates)
+            + ")"
+        )
+        context.add_output_metadata({"champion": "none"})
+        return None
+    keep = model_registry.registered_model_name(champion.model)
+    base = tracking.ui_url(uri, getattr(mlflow_resource, "ui_url", None))
+    context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
+    context.add_output_metadata(
+        {
+            "champion": champion.model,
+            "champion_uri": f"models:/{keep}@{model_registry.CHAMPION}",
+            "champion_version": dg.MetadataValue.url(
+                tracking.model_version_link(base, keep, champion.version)
+            ),
+        }
+    )
+    return champion
 
 
 def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -> dict[str, Any]:
+    """One leaderboard row, column by column as `compare.LEADERBOARD` says where each comes
+    from: the evaluation's test summary, the model's metadata, the export's latency."""
+    from food_assets.ml.evaluation.compare import LEADERBOARD
+
     meta = report.model_metadata
-    return {
-        "model": name,
-        **{k: report.summary.get(f"test/{k}") for k in COMPARED_METRICS},
-        "params": meta.get("params"),
-        "gmacs": meta.get("gmacs"),
-        "train_seconds": meta.get("train_seconds"),
-        **_latency_columns(store, name),
-    }
+    row: dict[str, Any] = {"model": name}
+    for col in LEADERBOARD:
+        if col.source == "evaluation":
+            row[col.key] = report.summary.get(f"test/{col.key}")
+        elif col.source == "model":
+            row[col.key] = meta.get(col.key)
+    return {**row, **_latency_columns(store, name)}
 
 
 def _comparison_metadata(
@@ -357,7 +400,16 @@ def _comparison_metadata(
     skipped: list[dict[str, str]],
     store: ArtifactStore,
 ) -> dict[str, Any]:
+    from food_assets.ml.evaluation.compare import LEADERBOARD
+
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(c.key, "string" if c.text else "float", description=c.header or "")
+            for c in LEADERBOARD
+        ]
+    )
     metadata: dict[str, Any] = {
+        "dagster/column_schema": schema,  # the same columns as the table and the Markdown
         "comparison": dg.MetadataValue.md(result.markdown),
         "num_models": num_models,
         "csv": dg.MetadataValue.path(store.location(files["csv"])),

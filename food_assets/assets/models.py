@@ -32,6 +32,7 @@ from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
+from food_assets.ml.training.config import settings_class
 from food_assets.resources import ArtifactStore, LightningCompute
 
 MODELS_GROUP = "models"
@@ -52,15 +53,19 @@ class TrainedModel:
     metadata: dict[str, Any]
 
 
+#: The MLflow links (`tracking.ModelRun.links`) shown as clickable URLs.
+URL_KEYS = ("mlflow_run", "mlflow_model_version")
+
+
 def model_config_class(spec: ModelSpec) -> type:
     """The run config of `model_<spec.name>`: the spec's settings class with its defaults."""
     title = "".join(part.title() for part in spec.name.split("_"))
     return config_class(
-        spec.config_type,
+        settings_class(spec),
         name=f"Model{title}Config",
         defaults=spec.config_defaults,
         doc=f"Run config of model_{spec.name} (fields, defaults and descriptions from "
-        f"{spec.config_type.__name__}).",
+        f"{settings_class(spec).__name__}).",
     )
 
 
@@ -136,7 +141,9 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
                     feature_cache_dir=artifact_store.cache_dir(FEATURE_CACHE),
                     log=context.log.warning,
                 )
-                result = spec.fit(spec, food_splits, config.to_ml(), out_dir, fit_context)
+                from food_assets.ml.training.fit import fit_model  # Lightning: at run time
+
+                result = fit_model(spec, food_splits, config.to_ml(), out_dir, fit_context)
                 params = {"model": spec.name, "family": spec.family, "source": food_splits.source,
                           **config.model_dump(), **compute.model_dump(),
                           "weights_source": result.card.weights_source}  # fmt: skip
@@ -145,7 +152,8 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         except FitSkipped as skip:
             yield skipped_output(context, spec.name, skip.reason)
             return
-        metadata = {**fit_metadata(result, spec, artifact_store), **run.metadata()}
+        links = {k: dg.MetadataValue.url(v) if k in URL_KEYS else v for k, v in run.links().items()}
+        metadata = {**fit_metadata(result, spec, artifact_store), **links}
         metadata["asset_seconds"] = round(time.perf_counter() - t0, 1)
         value = trained_model(spec, result, food_splits.source, run.run_id)
         yield dg.Output(value, metadata=metadata)

@@ -37,15 +37,27 @@ def models(ctx: typer.Context) -> None:
             f"{acc:.3f}" if isinstance(acc, int | float) else "-",
         )
     stdout_console().print(table)
-    best = catalog.best_model(found.values())
-    if best is not None:
-        typer.echo(f"Default for `predict` and the demo: {best.name} (catalog.best_model).")
+    default = _default(found, storage, data_dir(ctx))
+    if default is not None:
+        typer.echo(f"Default for `predict` and the demo: {default.model.name} ({default.how}).")
     champion = _champion(data_dir(ctx))
     if champion:
         typer.echo(f"MLflow registry champion: {champion}")
     typer.echo(
         "Train one with `food-assets train NAME`; predict with `food-assets predict -m NAME`."
     )
+
+
+def _default(found, storage, root):
+    """The default `predict` and the demo use (`resolver.default_model`, nothing downloaded), or
+    None when nothing is materialized."""
+    from food_assets.ml.errors import UnknownModelError
+    from food_assets.resolver import default_model
+
+    try:
+        return default_model(found, storage, root, download=False)
+    except UnknownModelError:
+        return None
 
 
 def _served(onnx_path) -> str:

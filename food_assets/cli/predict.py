@@ -21,7 +21,6 @@ from rich.table import Table
 from food_assets.cli.common import (
     EXIT_FAILED,
     UserError,
-    check_model_name,
     data_dir,
     err,
     stdout_console,
@@ -29,8 +28,8 @@ from food_assets.cli.common import (
 )
 
 if TYPE_CHECKING:  # only for type hints; importing them for real would load torch
-    from food_assets.catalog import MaterializedModel
     from food_assets.ml.inference.predictor import PredictionResult, Predictor
+    from food_assets.resolver import Resolved
 
 
 class OutputFormat(StrEnum):
@@ -92,8 +91,9 @@ def predict(
     """Top-k food classes with probabilities for image files and folders.
 
     Uses the model's ONNX export when there is one (fp32 or int8, see --precision), else its
-    bundle. Without --model or --from,
-    the materialized model with the best test accuracy. `--model champion` (or a `models:/`
+    bundle. Without --model or --from, the MLflow registry's champion (the best model that passed
+    its accuracy floor); with no champion yet, the most accurate materialized model, said on
+    stderr. `--model champion` (or a `models:/`
     URI) loads a registered version's bundle from the MLflow registry (FOOD_ASSETS_MLFLOW_URI,
     else `<data dir>/mlflow/mlflow.db`). Unreadable files are reported one by
     one (stderr, or the `error` field in JSON/CSV) and never stop the run.
@@ -126,26 +126,24 @@ def _list_image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _load_predictor(choice: Path | MaterializedModel, precision: str = "auto") -> Predictor:
-    """Load what `_resolve_model` chose and say on stderr which model (and file) answers."""
-    if isinstance(choice, Path):
-        from food_assets.ml.inference.predictor import load_predictor
+def _load_predictor(resolved: Resolved, precision: str = "auto") -> Predictor:
+    """Load what `_resolve_model` chose and say on stderr which model (and file) answers, and,
+    for the default, why that model (the champion, or the fallback when there is none)."""
+    from food_assets import catalog
 
-        predictor = load_predictor(choice, precision=precision)
-        where = str(getattr(predictor, "path", choice))
-    else:
-        from food_assets import catalog
-
-        predictor = catalog.load_predictor(choice, precision=precision)
-        assert choice.best_path is not None
-        if choice.registry is not None:
-            found = choice.registry
-            where = f"{found.uri}: version {found.version}, run {found.run_id}"
-        else:
-            assert choice.storage is not None
-            where = choice.storage.location(getattr(predictor, "path", choice.best_path))
-        if choice.onnx_path is None:
-            err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
+    choice = resolved.model
+    predictor = catalog.load_predictor(choice, precision=precision)
+    if choice.registry is not None:
+        found = choice.registry
+        where = f"{found.uri}: version {found.version}, run {found.run_id}"
+    elif choice.storage is not None:
+        where = choice.storage.location(getattr(predictor, "path", choice.best_path))
+    else:  # a path given with --from
+        where = str(getattr(predictor, "path", choice.best_path))
+    if choice.onnx_path is None and choice.temperature is not None:
+        err.print(f"note: {choice.temperature_note()}", soft_wrap=True, markup=False)
+    if resolved.how.startswith(("champion", "fallback")):
+        err.print(f"default: {resolved.how}", soft_wrap=True, markup=False)
     err.print(f"model: {predictor.model_name} ({where})", soft_wrap=True, markup=False)
     served = getattr(predictor, "choice", None)
     if served is not None:
@@ -173,40 +171,19 @@ def _write_results(results: Iterator[PredictionResult], fmt: OutputFormat) -> tu
     return n_ok, n_bad
 
 
-def _resolve_model(
-    ctx: typer.Context, model: str | None, from_path: Path | None
-) -> Path | MaterializedModel:
-    """What to load: --from as given (a path), --model from the MLflow registry (`champion`,
-    `models:/...`) or the catalog, else the catalog's best model (`catalog.best_model`, the
-    rule the demo uses too)."""
-    from food_assets import catalog, model_registry
+def _resolve_model(ctx: typer.Context, model: str | None, from_path: Path | None) -> Resolved:
+    """What to load, by the one resolver (`food_assets.resolver`): --from as given (a path),
+    --model (`champion`, `models:/...`, a materialized name), else the default (the champion;
+    else the most accurate model, said on stderr) that the demo preselects too."""
+    from food_assets.resolver import resolve_model
 
     if from_path is not None:
         if not from_path.exists():
             raise UserError(
                 f"{from_path} does not exist: pass an .onnx file or a model bundle folder"
             )
-        return from_path
-    if model_registry.is_registry_reference(model):
-        return model_registry.registry_model(model, data_dir(ctx))
-    storage = catalog.open_storage(data_dir(ctx))
-    found = catalog.list_materialized(storage)
-    if model is not None:
-        for m in found:
-            if m.name == model:
-                return m
-        check_model_name(model)  # an unknown name gets the list of known ones
-        raise UserError(
-            f"no materialized model {model!r} under {storage.url}; run `food-assets train "
-            f"{model}` or `food-assets export {model}` first (or pass --data-dir / --from PATH)"
-        )
-    best = catalog.best_model(found)
-    if best is None:
-        raise UserError(
-            f"no materialized model under {storage.url}; run `food-assets train custom_cnn` "
-            "(or `food-assets export <model>`) first, or pass --from PATH"
-        )
-    return best
+        return resolve_model(from_path)
+    return resolve_model(model, data_dir(ctx))
 
 
 def _with_progress(results: Iterator[PredictionResult], total: int) -> Iterator[PredictionResult]:

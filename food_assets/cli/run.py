@@ -94,7 +94,9 @@ def train(
     # A flag applies when the model's settings class has that field (ClipConfig: batch_size).
     from dataclasses import fields
 
-    settings = spec.config_type
+    from food_assets.ml.training.config import settings_class
+
+    settings = settings_class(spec)
     extra = sorted(set(overrides) - {f.name for f in fields(settings)})
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)

@@ -1,9 +1,10 @@
 """The demo's service, with no UI: what the Gradio page (`food_assets.demo.page`) calls.
 
 `DemoService` lists the materialized models (`food_assets.catalog`, under the artifact root:
-the data folder or FOOD_ASSETS_ARTIFACT_ROOT), preselects `catalog.best_model` (the rule
-`food-assets predict` uses too), loads each one once (an ONNX export when there is one, else the
-bundle with its evaluation's temperature; plus the bundle's PyTorch network for Grad-CAM),
+the data folder or FOOD_ASSETS_ARTIFACT_ROOT), preselects the default of
+`food_assets.resolver` (the champion, the rule `food-assets predict` uses too), loads each one
+once (an ONNX export when there is one, else the bundle with its evaluation's temperature; plus
+the bundle's PyTorch network for Grad-CAM),
 and turns an uploaded file into a prediction with a Grad-CAM overlay, or a clear message. It
 imports no Gradio, so it can be used (and benchmarked) without the web layer.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from food_assets import catalog, layout, model_registry
+from food_assets import catalog, layout
 from food_assets.catalog import MaterializedModel
 
 if TYPE_CHECKING:
@@ -97,19 +98,6 @@ class LoadedModel:
         return self.predictor.model_name
 
 
-def _entry_for_path(path: Path) -> MaterializedModel:
-    """A catalog entry for a model given as a path (bundle folder or .onnx file)."""
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        return MaterializedModel(name=str(path), bundle_dir=None, onnx_path=path, metrics={})
-    if (path / "card.json").is_file():
-        return MaterializedModel(name=str(path), bundle_dir=path, onnx_path=None, metrics={})
-    from food_assets.ml.errors import CheckpointError
-
-    raise CheckpointError(
-        f"{path} is neither an .onnx file nor a model bundle folder (with card.json)"
-    )
-
-
 def load_model(entry: MaterializedModel, precision: str = "auto") -> LoadedModel:
     """Load the predictor (ONNX first, it is faster) and the bundle's network for Grad-CAM.
 
@@ -175,9 +163,9 @@ class DemoService:
         data_dir: data folder of the runs (default `FOOD_ASSETS_DATA_DIR` or `./data`).
         max_upload_mb: larger uploads are refused with a message.
         default_model: a materialized model name, `champion` or a `models:/` URI (a version
-            in the MLflow registry, `model_registry.registry_model`), or a path to a bundle folder /
-            `.onnx` file; None: `catalog.best_model` (the best test accuracy; ties to the first
-            name).
+            in the MLflow registry), or a path to a bundle folder / `.onnx` file; None: the
+            default of `food_assets.resolver` (the champion, else the most accurate model, said
+            in `default_how`).
         precision: `auto` (int8 when it passed its accuracy gate and was measured faster, else
             fp32), `fp32` or `int8` (a model without a servable int8 export then answers with
             a message naming the fix).
@@ -205,34 +193,28 @@ class DemoService:
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._extra: dict[str, MaterializedModel] = {}
+        #: How the preselected model was chosen (`resolver.Resolved.how`).
+        self.default_how = ""
         self.default_model = self._resolve_default(default_model)
 
     # -- models ------------------------------------------------------------------------------
 
     def _resolve_default(self, model: str | None) -> str | None:
-        names = self.model_names()
-        if model is None:
-            return self.best_model()
-        if model in names:
-            return model
-        # `champion`, models:/food_assets.<name>@...
-        if model_registry.is_registry_reference(model):
-            entry = model_registry.registry_model(model, self.root)
-            self._extra[entry.name] = entry
-            return entry.name
-        path = Path(model).expanduser()
-        if path.exists():
-            entry = _entry_for_path(path.resolve())
-            self._extra[entry.name] = entry
-            return entry.name
+        """The preselected model, by the one resolver (`food_assets.resolver`): None asks for
+        the default (the champion; else, said in `default_how`, the most accurate model)."""
         from food_assets.ml.errors import UnknownModelError
+        from food_assets.resolver import resolve_model
 
-        known = ", ".join(names) or "none yet"
-        raise UnknownModelError(
-            f"model {model!r} is not materialized under {self._artifacts()} (materialized: "
-            f"{known}); train it with `food-assets train {model}` or `make run`, or pass the "
-            "path of a bundle folder or .onnx file"
-        )
+        try:
+            resolved = resolve_model(model, self.root, storage=self.storage)
+        except UnknownModelError:
+            if model is None:  # nothing materialized yet: the page says so
+                return None
+            raise
+        if resolved.model.name not in self.model_names():
+            self._extra[resolved.model.name] = resolved.model
+        self.default_how = resolved.how
+        return resolved.model.name
 
     def _artifacts(self) -> str:
         return self.storage.location(layout.artifacts_dir(self.storage.local))
@@ -245,11 +227,6 @@ class DemoService:
 
     def model_names(self) -> list[str]:
         return list(self.models())
-
-    def best_model(self) -> str | None:
-        """`catalog.best_model`: the rule `food-assets predict` uses for its default too."""
-        best = catalog.best_model(self.models().values())
-        return best.name if best is not None else None
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model, loading it on first use only."""
@@ -279,8 +256,10 @@ class DemoService:
             return f"Model `{name}` is no longer on disk."
         loaded = self._loaded.get(name)
         source = loaded.source if loaded else entry.best_path
-        kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
         choice = getattr(loaded.predictor, "choice", None) if loaded else None
+        # What answers, as the catalog entry (or the loaded predictor) records it: no file names.
+        is_onnx = choice is not None if loaded else entry.onnx_path is not None
+        kind = "ONNX Runtime" if is_onnx else "PyTorch bundle"
         if choice is not None:
             kind = f"ONNX Runtime {choice.precision}"
         label = loaded.name if loaded else name
@@ -288,6 +267,8 @@ class DemoService:
         if entry.registry is not None:
             where = f"{entry.registry.uri} (version {entry.registry.version})"
         lines = [f"**Model:** `{label}` ({kind})", f"**Source:** `{where}`"]
+        if name == self.default_model and self.default_how:
+            lines.append(f"**Preselected:** {self.default_how}")  # the champion, or why not
         if choice is not None:
             lines.append(f"**Precision:** {choice.reason}")
         if kind == "PyTorch bundle" and entry.temperature is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,20 @@ class SplitManifest:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def digest(self) -> str:
+        """The manifest's identity (one for every consumer: training's resume key, the CLIP
+        feature cache): sha256 of the class map and (split, path, sha256, label) of every row.
+
+        Hashing the rows rather than the Parquet bytes keeps it stable when the same splits are
+        rewritten, and changes it when any image, label or split assignment changes.
+        """
+        df = self.frame()
+        cols = [c for c in ("split", "path", "sha256", "label_idx") if c in df.columns]
+        rows = df[cols].sort_values(["split", "path"], kind="stable")
+        h = hashlib.sha256(json.dumps(list(self.class_names)).encode())
+        h.update(rows.to_csv(index=False).encode())
+        return h.hexdigest()
 
 
 def _stratified_pick(

@@ -15,48 +15,56 @@ from food_assets.ml.artifacts import write_figure, write_text
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.evaluation import plots
 
-#: Known columns, in table order. Any other key a row carries becomes an extra column after them.
-COLUMNS = (
-    "model",
-    "acc_top1",
-    "acc_top1_ci_low",
-    "acc_top1_ci_high",
-    "macro_f1",
-    "ece",
-    "params",
-    "gmacs",
-    "train_seconds",
-    "latency_ms",
-    "serving",
-    "eager_ms_b1",
-    "ort_fp32_ms_b1",
-    "ort_int8_ms_b1",
-    "eager_ms_b32",
-    "ort_fp32_ms_b32",
-    "ort_int8_ms_b32",
-    "latency_threads",
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column, defined once: the table, its CSV, its Markdown, the wiring that
+    fills a row and the Dagster column schema all read it.
+
+    Attributes:
+        key: the row key and table column.
+        header: the Markdown header; None: in the table and CSV only (the CI bounds go into the
+            accuracy cell).
+        fmt: a format spec for a number (after `unit`); `text` columns are shown as they are.
+        unit: divides a number before formatting (`params` in millions).
+        text: the column holds text (the model name, the export that serves).
+        source: where the wiring takes the value: `evaluation` (its test summary, `test/<key>`),
+            `model` (the model's metadata), `export` (the ONNX export's latency summary),
+            `name`.
+    """
+
+    key: str
+    header: str | None
+    fmt: str = ".4g"
+    unit: float = 1.0
+    text: bool = False
+    source: str = "evaluation"
+
+
+#: Every column, in table order; a row's other keys become extra columns after them.
+LEADERBOARD = (
+    Column("model", "model", text=True, source="name"),
+    Column("acc_top1", "top-1 acc (95 % CI)"),  # its cell holds the CI too (`_accuracy_cell`)
+    Column("acc_top1_ci_low", None),
+    Column("acc_top1_ci_high", None),
+    Column("macro_f1", "macro-F1", ".3f"),
+    Column("ece", "ECE", ".3f"),
+    Column("params", "params (M)", ".2f", unit=1e6, source="model"),
+    Column("gmacs", "GMACs", ".2f", source="model"),
+    Column("train_seconds", "train (s)", ".0f", source="model"),
+    Column("latency_ms", "CPU latency (ms)", ".1f", source="export"),
+    Column("serving", "served", text=True, source="export"),
+    Column("eager_ms_b1", "eager b1", ".1f", source="export"),
+    Column("ort_fp32_ms_b1", "ORT fp32 b1", ".1f", source="export"),
+    Column("ort_int8_ms_b1", "ORT int8 b1", ".1f", source="export"),
+    Column("eager_ms_b32", "eager b32", ".1f", source="export"),
+    Column("ort_fp32_ms_b32", "ORT fp32 b32", ".1f", source="export"),
+    Column("ort_int8_ms_b32", "ORT int8 b32", ".1f", source="export"),
+    Column("latency_threads", "threads", ".0f", source="export"),
+    Column("acc_top5", "acc_top5"),
+    Column("ece_calibrated", "ece_calibrated"),
 )
-#: Columns that hold text, not numbers (which export answers: `fp32` / `int8`).
-TEXT_COLUMNS = ("model", "serving")
 _ALIASES = {"name": "model", "cpu_latency_ms": "latency_ms", "latency_cpu_ms": "latency_ms"}
-_HEADERS = {
-    "model": "model",
-    "acc_top1": "top-1 acc (95 % CI)",
-    "macro_f1": "macro-F1",
-    "ece": "ECE",
-    "params": "params (M)",
-    "gmacs": "GMACs",
-    "train_seconds": "train (s)",
-    "latency_ms": "CPU latency (ms)",
-    "serving": "served",
-    "eager_ms_b1": "eager b1",
-    "ort_fp32_ms_b1": "ORT fp32 b1",
-    "ort_int8_ms_b1": "ORT int8 b1",
-    "eager_ms_b32": "eager b32",
-    "ort_fp32_ms_b32": "ORT fp32 b32",
-    "ort_int8_ms_b32": "ORT int8 b32",
-    "latency_threads": "threads",
-}
 _MISSING = "-"
 
 
@@ -65,7 +73,8 @@ class ComparisonResult:
     """The comparison table, best model first.
 
     Attributes:
-        table: one row per model, columns `COLUMNS` then any extra keys; missing values NaN.
+        table: one row per model, the `LEADERBOARD` columns then any extra keys; missing
+            values NaN.
         markdown: the human-readable table (accuracy as "81.2 % [80.7, 81.7]").
         x_axis: the cost column the plot uses: `latency_ms` unless more models (with an
             accuracy) report `params` than latency; None if no model reports either.
@@ -106,6 +115,8 @@ def compare_models(rows: Sequence[Mapping[str, Any]]) -> ComparisonResult:
     """
     if not rows:
         raise ConfigError("compare_models needs at least one evaluated model; got none")
+    columns = [c.key for c in LEADERBOARD]
+    text_columns = {c.key for c in LEADERBOARD if c.text}
     records: list[dict[str, Any]] = []
     extra: list[str] = []
     seen: set[str] = set()
@@ -120,16 +131,16 @@ def compare_models(rows: Sequence[Mapping[str, Any]]) -> ComparisonResult:
         seen.add(name)
         rec["model"] = name
         for key, value in rec.items():
-            if key in TEXT_COLUMNS:
+            if key in text_columns:
                 if key != "model":
                     rec[key] = None if value is None else str(value)
                 continue
             rec[key] = _number(name, key, value)
-            if key not in COLUMNS and key not in extra:
+            if key not in columns and key not in extra:
                 extra.append(key)
         records.append(rec)
-    table = pd.DataFrame.from_records(records, columns=[*COLUMNS, *extra])
-    numeric = [c for c in table.columns if c not in TEXT_COLUMNS]
+    table = pd.DataFrame.from_records(records, columns=[*columns, *extra])
+    numeric = [c for c in table.columns if c not in text_columns]
     table[numeric] = table[numeric].astype(np.float64)
     table = table.sort_values(
         ["acc_top1", "model"], ascending=[False, True], na_position="last", kind="mergesort"
@@ -173,34 +184,25 @@ def _accuracy_cell(acc: float, lo: float, hi: float) -> str:
 
 
 def _markdown(table: pd.DataFrame, extra: list[str]) -> str:
-    shown = pd.DataFrame(
-        {
-            _HEADERS["model"]: table["model"],
-            _HEADERS["acc_top1"]: [
+    shown = pd.DataFrame(index=table.index)
+    for col in (*LEADERBOARD, *(Column(key, key) for key in extra)):
+        values = table[col.key]
+        if col.header is None:
+            continue
+        if col.key == "acc_top1":
+            cells = [
                 _accuracy_cell(a, lo, hi)
                 for a, lo, hi in zip(
-                    table["acc_top1"],
-                    table["acc_top1_ci_low"],
-                    table["acc_top1_ci_high"],
-                    strict=True,
+                    values, table["acc_top1_ci_low"], table["acc_top1_ci_high"], strict=True
                 )
-            ],
-            _HEADERS["macro_f1"]: [_fmt(v, ".3f") for v in table["macro_f1"]],
-            _HEADERS["ece"]: [_fmt(v, ".3f") for v in table["ece"]],
-            _HEADERS["params"]: [_fmt(v / 1e6, ".2f") for v in table["params"]],
-            _HEADERS["gmacs"]: [_fmt(v, ".2f") for v in table["gmacs"]],
-            _HEADERS["train_seconds"]: [_fmt(v, ".0f") for v in table["train_seconds"]],
-            _HEADERS["latency_ms"]: [_fmt(v, ".1f") for v in table["latency_ms"]],
-            _HEADERS["serving"]: [
-                _MISSING if v is None or pd.isna(v) else v for v in table["serving"]
-            ],
-        }
-    )
-    for key in COLUMNS[COLUMNS.index("eager_ms_b1") : COLUMNS.index("latency_threads")]:
-        shown[_HEADERS[key]] = [_fmt(v, ".1f") for v in table[key]]
-    shown[_HEADERS["latency_threads"]] = [_fmt(v, ".0f") for v in table["latency_threads"]]
-    for key in extra:
-        shown[key] = [_fmt(v, ".4g") for v in table[key]]
+            ]
+        elif col.text and col.key != "model":
+            cells = [_MISSING if v is None or pd.isna(v) else v for v in values]
+        elif col.text:
+            cells = list(values)
+        else:
+            cells = [_fmt(v / col.unit, col.fmt) for v in values]
+        shown[col.header] = cells
     # tabulate would right-align "-" oddly in numeric-looking columns; everything is text here.
     return shown.to_markdown(index=False, disable_numparse=True) + "\n"
 

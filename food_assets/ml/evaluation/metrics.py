@@ -51,9 +51,10 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return scores, labels.astype(np.int64, copy=False)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (float32 rounds small probabilities to zero too early)."""
-    return _softmax(np.asarray(logits, dtype=np.float64), axis=1)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature` in float64 (float32 rounds small
+    probabilities to zero too early). The one softmax: evaluation and every predictor use it."""
+    return _softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -5,31 +5,39 @@ The `onnx_<name>` assets call `export_bundle` (export, parity, int8 and its gate
 `onnx_parity` calls `check_bundle_parity`. int8: `food_assets.ml.export.quantize`.
 """
 
-from food_assets.ml.export.bundle_export import ExportResult, check_bundle_parity, export_bundle
-from food_assets.ml.export.latency import latency_ratio, measure_latency
-from food_assets.ml.export.metadata import OnnxMetadata
-from food_assets.ml.export.onnx_export import (
-    PARITY_ATOL,
-    ParityReport,
-    check_parity,
-    create_session,
-    export_onnx,
-    load_onnx,
-    run_session,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PARITY_ATOL",
-    "ExportResult",
-    "OnnxMetadata",
-    "ParityReport",
-    "check_bundle_parity",
-    "check_parity",
-    "create_session",
-    "export_bundle",
-    "export_onnx",
-    "latency_ratio",
-    "load_onnx",
-    "measure_latency",
-    "run_session",
-]
+import importlib
+from typing import Any
+
+# Loaded on first use, so that `food_assets.ml.export.files` (the folder's file names, which
+# `food_assets.layout` reads) imports without torch or ONNX.
+_EXPORTS = {
+    "ExportResult": "food_assets.ml.export.bundle_export",
+    "check_bundle_parity": "food_assets.ml.export.bundle_export",
+    "export_bundle": "food_assets.ml.export.bundle_export",
+    "latency_ratio": "food_assets.ml.export.latency",
+    "measure_latency": "food_assets.ml.export.latency",
+    "OnnxMetadata": "food_assets.ml.export.metadata",
+    "PARITY_ATOL": "food_assets.ml.export.onnx_export",
+    "ParityReport": "food_assets.ml.export.onnx_export",
+    "check_parity": "food_assets.ml.export.onnx_export",
+    "create_session": "food_assets.ml.export.onnx_export",
+    "export_onnx": "food_assets.ml.export.onnx_export",
+    "load_onnx": "food_assets.ml.export.onnx_export",
+    "run_session": "food_assets.ml.export.onnx_export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -115,3 +115,19 @@ def _json(text: str, bad: Any, what: str) -> Any:
 def graph_sha256(graph: Any) -> str:
     """SHA-256 of the serialized graph (nodes and initializers; metadata is not part of it)."""
     return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def stamp(proto: Any, meta: OnnxMetadata, doc: str) -> None:
+    """Write our metadata props (replacing any the exporter set under the same keys), the
+    graph hash, the producer name and the doc string into `proto`: the fp32 exporter and the
+    int8 quantizer both stamp through here."""
+    props = meta.to_props()
+    props[K_GRAPH_SHA] = graph_sha256(proto.graph)
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "food_assets"
+    proto.doc_string = doc

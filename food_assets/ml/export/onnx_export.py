@@ -21,7 +21,7 @@ from torch import nn
 
 from food_assets.ml.artifacts import atomic_path
 from food_assets.ml.errors import CheckpointError
-from food_assets.ml.export.metadata import K_GRAPH_SHA, OnnxMetadata, graph_sha256
+from food_assets.ml.export.metadata import K_GRAPH_SHA, OnnxMetadata, graph_sha256, stamp
 from food_assets.ml.models.bundle import ModelCard
 
 INPUT_NAME = "input"
@@ -60,7 +60,7 @@ def export_onnx(
     meta = OnnxMetadata(card.name, tuple(card.class_names), pre, float(card.temperature))
     proto = _export_proto(model, pre.input_size, opset=opset, name=card.name)
     _check_io(proto, card.num_classes, card.name)
-    _stamp(proto, meta, f"food_assets model {card.name} ({card.num_classes} classes)")
+    stamp(proto, meta, f"food_assets model {card.name} ({card.num_classes} classes)")
     return _check_and_save(proto, Path(path), card.name)
 
 
@@ -96,21 +96,6 @@ def _export_proto(model: nn.Module, size: int, *, opset: int | None, name: str) 
         ) from exc
     finally:
         model.train(was_training)
-
-
-def _stamp(proto: Any, meta: OnnxMetadata, doc: str) -> None:
-    """Write our metadata props (replacing any the exporter set under the same keys), the
-    graph hash, the producer name and the doc string into `proto`."""
-    props = meta.to_props()
-    props[K_GRAPH_SHA] = graph_sha256(proto.graph)
-    kept = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "food_assets"
-    proto.doc_string = doc
 
 
 def _check_and_save(proto: Any, path: Path, name: str) -> Path:

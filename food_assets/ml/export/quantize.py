@@ -33,19 +33,14 @@ from food_assets.ml.artifacts import atomic_path, scratch_dir
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError, ConfigError, DataSourceError
+from food_assets.ml.export.files import INT8_SUFFIX as INT8_SUFFIX  # re-exported
+from food_assets.ml.export.files import int8_path as int8_path  # re-exported
 from food_assets.ml.export.metadata import K_GRAPH_SHA, OnnxMetadata, graph_sha256
 from food_assets.ml.models.registry import setting
 from food_assets.ml.quality import CheckOutcome, check_int8_gate
 
-INT8_SUFFIX = "_int8"
 RECORD_VERSION = 1
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def int8_path(fp32_path: str | os.PathLike[str]) -> Path:
-    """Where the int8 twin of an fp32 export lives: `model.onnx` -> `model_int8.onnx`."""
-    p = Path(fp32_path)
-    return p.with_name(f"{p.stem}{INT8_SUFFIX}{p.suffix}")
 
 
 @dataclass(frozen=True)
@@ -210,7 +205,8 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from food_assets.ml.export.onnx_export import _stamp, load_onnx
+    from food_assets.ml.export.metadata import stamp
+    from food_assets.ml.export.onnx_export import load_onnx
 
     config = config or QuantizeConfig()
     _, meta = load_onnx(fp32_path)  # ours and intact, or a clear error
@@ -274,17 +270,17 @@ def quantize_onnx(
         "latency": None,
     }
     int8_meta = dataclasses.replace(meta, precision="int8", int8=record)
-    _stamp(proto, int8_meta, f"food_assets model {meta.model_name}, int8 ({config.method})")
+    stamp(proto, int8_meta, f"food_assets model {meta.model_name}, int8 ({config.method})")
     return proto, record
 
 
 def stamp_int8(proto: Any, record: dict[str, Any]) -> Any:
     """Replace the int8 record in `proto`'s metadata (the graph, and so its hash, unchanged)."""
-    from food_assets.ml.export.onnx_export import _stamp
+    from food_assets.ml.export.metadata import stamp
 
     props = {p.key: p.value for p in proto.metadata_props}
     meta = OnnxMetadata.from_props(props, source="the int8 model")
-    _stamp(proto, dataclasses.replace(meta, int8=record), proto.doc_string)
+    stamp(proto, dataclasses.replace(meta, int8=record), proto.doc_string)
     return proto
 
 

@@ -41,11 +41,11 @@ class PredictionResult:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """The one softmax (`ml.evaluation.metrics.softmax`, float64), rounded once to float32 as
+    predictors answer."""
+    from food_assets.ml.evaluation.metrics import softmax as softmax64
+
+    return softmax64(logits, temperature).astype(np.float32)
 
 
 class Predictor:
@@ -209,39 +209,22 @@ def load_predictor(path: str | os.PathLike[str], *, precision: str = "auto", **k
         ConfigError: a precision that is unknown or cannot be served from `path`.
         CheckpointError: `path` is none of the above, or unreadable.
     """
+    from food_assets.ml.inference.kinds import ONNX, artifact_kind
     from food_assets.ml.inference.serving import check_precision, choose_export
 
     check_precision(precision)
     path = Path(path)
-    if (path.is_file() and path.suffix.lower() == ".onnx") or _is_export_folder(path):
+    if artifact_kind(path) == ONNX:  # what the artifact records, not its file name
         choice = choose_export(path, precision)
         predictor = OnnxPredictor(choice.path, **kwargs)
         predictor.choice = choice
         return predictor
-    if path.is_dir() and (path / "card.json").is_file():
-        if precision == "int8":
-            raise ConfigError(
-                f"{path} is a PyTorch bundle (fp32); int8 needs its ONNX export: materialize "
-                "onnx_<name> and point at it, or use --precision auto"
-            )
-        return TorchPredictor(path, **kwargs)
-    raise CheckpointError(
-        f"{path} is neither an .onnx file nor a model bundle folder (with card.json); point at "
-        "the output of a model_<name> or onnx_<name> asset"
-    )
-
-
-def _is_export_folder(path: Path) -> bool:
-    """An `onnx_<name>` folder: no card.json, exactly one fp32 `.onnx` file (and its int8 twin,
-    if any), or an int8 file alone."""
-    from food_assets.ml.export.quantize import INT8_SUFFIX
-
-    if not path.is_dir() or (path / "card.json").is_file():
-        return False
-    files = [p for p in path.glob("*.onnx") if not p.name.startswith(".")]
-    n_int8 = sum(p.stem.endswith(INT8_SUFFIX) for p in files)
-    n_fp32 = len(files) - n_int8
-    return n_fp32 == 1 or (n_fp32 == 0 and n_int8 == 1)
+    if precision == "int8":
+        raise ConfigError(
+            f"{path} is a PyTorch bundle (fp32); int8 needs its ONNX export: materialize "
+            "onnx_<name> and point at it, or use --precision auto"
+        )
+    return TorchPredictor(path, **kwargs)
 
 
 def iter_image_files(

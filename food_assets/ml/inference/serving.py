@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from food_assets.ml.errors import CheckpointError, ConfigError
+from food_assets.ml.inference.kinds import export_files, onnx_precision, read_props
 
 PRECISIONS = ("auto", "fp32", "int8")
 #: The batch size whose latency decides `auto`.
@@ -117,43 +118,29 @@ def decide(
     return "fp32", f"auto: fp32, int8 was not faster ({ratio:.2f}x fp32 at batch 1)"
 
 
-def _read_props(path: Path) -> dict[str, str]:
-    """An ONNX file's metadata props (the file is parsed, not validated: `load_onnx` does that
-    when the chosen file is loaded)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable ONNX file ({exc})") from exc
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def _int8_record(path: Path) -> dict[str, Any] | None:
     from food_assets.ml.export.metadata import OnnxMetadata
 
-    return OnnxMetadata.from_props(_read_props(path), source=str(path)).int8
+    return OnnxMetadata.from_props(read_props(path), source=str(path)).int8
 
 
 def _split_exports(path: Path) -> tuple[Path | None, Path | None]:
-    """(fp32 file, int8 file) for an `.onnx` file or a folder of exports."""
-    from food_assets.ml.export.metadata import K_PRECISION
-    from food_assets.ml.export.quantize import INT8_SUFFIX, int8_path
+    """(fp32 file, int8 file) for an `.onnx` file or a folder of exports, each file by the
+    precision it records (`kinds`), the int8 twin by the name the exporter gives it."""
+    from food_assets.ml.export.quantize import int8_path
 
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.onnx") if not p.name.startswith("."))
-        fp32 = [p for p in files if not p.stem.endswith(INT8_SUFFIX)]
-        int8 = [p for p in files if p.stem.endswith(INT8_SUFFIX)]
+        fp32, int8 = export_files(path)
         if len(fp32) > 1 or (not fp32 and len(int8) != 1):
             raise CheckpointError(
-                f"{path} holds {len(files)} .onnx files; point at one of them (--from FILE)"
+                f"{path} holds {len(fp32) + len(int8)} .onnx files; point at one of them "
+                "(--from FILE)"
             )
         if fp32:
             twin = int8_path(fp32[0])
             return fp32[0], twin if twin.is_file() else None
         return None, int8[0]
-    if _read_props(path).get(K_PRECISION, "fp32") == "int8":
+    if onnx_precision(path) == "int8":
         return None, path
     twin = int8_path(path)
     return path, twin if twin.is_file() else None
@@ -201,7 +188,7 @@ class _Facts:
 
         fp32, int8 = _split_exports(path)
         record = _int8_record(int8) if int8 is not None else None
-        fp32_sha = _read_props(fp32).get(K_GRAPH_SHA) if fp32 is not None and int8 else None
+        fp32_sha = read_props(fp32).get(K_GRAPH_SHA) if fp32 is not None and int8 else None
         if int8 is None:
             ok, why = False, "there is none (the export was made with int8 off, or before int8)"
             verdict = "none"

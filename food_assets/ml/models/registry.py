@@ -8,13 +8,14 @@ A spec is data plus two hooks:
 
 - data: preprocessing, the Grad-CAM layer, ONNX support, where pretrained weights come from
   (`weight_sources`, `WeightSource` records), the settings class (`config_cls`, a dataclass whose
-  fields carry their defaults and descriptions; the Dagster run config is derived from it) and
-  per-model overrides of its defaults (`config_defaults`);
+  fields carry their defaults and descriptions; the Dagster run config is derived from it; None:
+  the Lightning trainer's) and per-model overrides of its defaults (`config_defaults`);
 - hooks: `build(*, num_classes, weights, **kwargs) -> nn.Module` and
-  `fit(spec, splits, config, out_dir, context) -> FitResult`.
+  `fit(spec, splits, config, out_dir, context) -> FitResult` (None: Lightning).
 
 Nothing outside a spec branches on what kind of model it is: the Dagster asset, the CLI and the
-training code call `spec.fit(...)` with `spec.make_config(...)`.
+training code call `food_assets.ml.training.fit_model(spec, ...)` with
+`food_assets.ml.training.make_config(spec, ...)`; an entry without hooks trains with Lightning.
 """
 
 from __future__ import annotations
@@ -59,34 +60,6 @@ def setting(
     if config_type is not None:
         metadata[CONFIG_TYPE] = config_type
     return field(default=default, default_factory=default_factory, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A function or class named by import path (`package.module:attribute`), imported on use.
-
-    Registry entries in `food_assets.ml.models` name their Lightning fit hook and config class
-    (in `food_assets.ml.training`, which imports the registry) this way, so the two packages do
-    not import each other (docs/adr/0010-models-are-entries-with-fit-hooks.md). Calling a `Ref`
-    calls what it names.
-    """
-
-    path: str
-
-    def resolve(self) -> Any:
-        module, _, attribute = self.path.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise ImportError(f"registry reference {self.path!r} does not resolve: {exc}") from exc
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve()(*args, **kwargs)
-
-
-def resolve(obj: Any) -> Any:
-    """What a `Ref` names; anything else as it is."""
-    return obj.resolve() if isinstance(obj, Ref) else obj
 
 
 def _log_warning(message: str) -> None:
@@ -140,11 +113,14 @@ class ModelSpec:
         build: `build(*, num_classes, weights, **kwargs) -> nn.Module` returning logits.
         preprocess: lazy, so that importing the registry does not build models.
         cam_layer: `model.get_submodule` path of the Grad-CAM target layer; None disables it.
-        config_cls: the dataclass of the model's settings (`TrainConfig`, `ClipConfig`), or a
-            `Ref` to it. Its fields' defaults and descriptions are the single source the Dagster
-            run config is derived from.
-        fit: `fit(spec, splits, config, out_dir, context) -> FitResult` (or a `Ref` to it): makes
-            the model's bundle under `out_dir`. May raise `FitSkipped`.
+        config_cls: the dataclass of the model's settings (`ClipConfig`); None: the Lightning
+            trainer's `TrainConfig` (`food_assets.ml.training.settings_class` decides). Its
+            fields' defaults and descriptions are the single source the Dagster run config is
+            derived from.
+        fit: `fit(spec, splits, config, out_dir, context) -> FitResult`: makes the model's
+            bundle under `out_dir`; may raise `FitSkipped`. None: trained with Lightning
+            (`food_assets.ml.training.fit_model` decides). A default, not a name of the training
+            package: `ml.training` imports this package, never the reverse (ADR 0020).
         cam_reshape: turns a ViT's token activations into (N, C, H, W) for Grad-CAM.
         onnx: whether the model exports to ONNX.
         default_weights: `imagenet`, `none`, `openai` or a path.
@@ -153,6 +129,10 @@ class ModelSpec:
         config_defaults: this model's defaults that differ from `config_cls`'s
             (`{"arch": "ViT-L-14"}`).
         kinds: tool labels (the Dagster UI shows them as the asset's kinds).
+        accuracy_floors: the minimum test top-1 accuracy per data source (`food101`, `sample`)
+            that `evaluation_<name>`'s blocking check enforces and the champion rule requires;
+            a source not listed gets chance plus a little. `QualityGates.accuracy` overrides it
+            per run. Here, with the model, so that adding a model is one entry.
         cpu_bf16: whether bf16 autocast speeds up this architecture's training on a CPU with
             native bf16 (`precision: auto` picks bf16-mixed there only if so). False for the
             depthwise-convolution nets, which train slower under bf16 on CPU
@@ -164,8 +144,8 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     preprocess: Callable[[], Preprocess]
     cam_layer: str | None
-    config_cls: type | Ref
-    fit: FitHook | Ref
+    config_cls: type | None = None
+    fit: FitHook | None = None
     cam_reshape: Callable | None = None
     onnx: bool = True
     default_weights: str = "imagenet"
@@ -174,15 +154,7 @@ class ModelSpec:
     config_defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
     kinds: tuple[str, ...] = ("pytorch",)
     cpu_bf16: bool = True
-
-    @property
-    def config_type(self) -> type:
-        """The settings dataclass (a `Ref` resolved)."""
-        return resolve(self.config_cls)
-
-    def make_config(self, **overrides: Any) -> Any:
-        """The model's settings: `config_cls` with this spec's defaults, then `overrides`."""
-        return self.config_type(**{**self.config_defaults, **overrides})
+    accuracy_floors: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -213,11 +185,7 @@ def _load() -> None:
         return
     _loaded = True
     for module in _ZOO_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency, not a zoo module yet to be written
-                raise
+        importlib.import_module(module)
 
 
 def list_models(family: Family | None = None) -> list[str]:

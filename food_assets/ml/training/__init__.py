@@ -13,7 +13,11 @@ from typing import Any
 _EXPORTS = {
     "ComputeConfig": "food_assets.ml.training.config",
     "TrainConfig": "food_assets.ml.training.config",
+    "fit_hook": "food_assets.ml.training.fit",
     "fit_lightning": "food_assets.ml.training.fit",
+    "fit_model": "food_assets.ml.training.fit",
+    "make_config": "food_assets.ml.training.config",
+    "settings_class": "food_assets.ml.training.config",
     "train_model": "food_assets.ml.training.train",
 }
 

@@ -23,7 +23,7 @@ import torch
 
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.errors import CheckpointError
-from food_assets.ml.models.registry import get_model_spec
+from food_assets.ml.models.registry import ModelSpec, get_model_spec
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -37,15 +37,15 @@ EMA_PREFIX = "ema.module."  # the weight EMA's keys in a ClassifierModule state 
 
 
 def get_config_hash(
-    model_name: str, splits: SplitManifest, cfg: TrainConfig, compute: ComputeConfig
+    model: ModelSpec | str, splits: SplitManifest, cfg: TrainConfig, compute: ComputeConfig
 ) -> tuple[str, dict[str, Any]]:
     """Hash of everything that changes what training produces (data content included)."""
-    spec = get_model_spec(model_name)
-    cfg = cfg.resolve(default_weights=spec.default_weights, model_name=model_name)
+    spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
+    cfg = cfg.resolve(default_weights=spec.default_weights, model_name=spec.name)
     record = {
-        "model": model_name,
+        "model": spec.name,
         "class_names": list(splits.class_names),
-        "manifest_sha256": hashlib.sha256(splits.path.read_bytes()).hexdigest(),
+        "manifest_sha256": splits.digest(),  # the one manifest identity
         "train": cfg.to_hashable(),
         "compute": compute.to_hashable(),
     }

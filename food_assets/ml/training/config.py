@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from food_assets.ml.errors import ConfigError
-from food_assets.ml.models.registry import setting
+from food_assets.ml.models.registry import ModelSpec, setting
 from food_assets.ml.training.compute_config import (  # noqa: F401  (re-exported)
     PRECISIONS,
     ComputeConfig,
@@ -340,3 +340,18 @@ def _is_num(v: Any) -> bool:
 def _is_batch_limit(v: Any) -> bool:
     """A batch count >= 1, a fraction in (0, 1), or None (Lightning's `limit_*_batches`)."""
     return v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1)
+
+
+#: The hook an entry without its own `fit` trains with (`fit.fit_hook`), by name: the Dagster
+#: side hashes it into the model's code version without importing Lightning.
+DEFAULT_FIT = "food_assets.ml.training.fit:fit_lightning"
+
+
+def settings_class(spec: ModelSpec) -> type:
+    """A registry entry's settings dataclass: its own (`ClipConfig`), else `TrainConfig`."""
+    return spec.config_cls or TrainConfig
+
+
+def make_config(spec: ModelSpec, **overrides: Any) -> Any:
+    """The entry's settings: its settings class with the entry's defaults, then `overrides`."""
+    return settings_class(spec)(**{**spec.config_defaults, **overrides})

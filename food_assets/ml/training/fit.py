@@ -1,8 +1,8 @@
-"""`fit_lightning`: the registry fit hook of every model trained with Lightning.
+"""`fit_model`: how any registry entry is fitted; `fit_lightning`, the default hook.
 
-`spec.fit(spec, splits, config, out_dir, context)` for a `TrainConfig` model is this function:
-`train_model` plus the config's policy for pretrained weights that cannot be found
-(`on_missing_weights`): fail, train from random init and say so in the metadata, or skip.
+An entry's own `fit` hook (CLIP) runs as it is; an entry without one trains with Lightning:
+`fit_lightning` is `train_model` plus the config's policy for pretrained weights that cannot be
+found (`on_missing_weights`): fail, train from random init and say so in the metadata, or skip.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.errors import WeightsNotFoundError
 from food_assets.ml.models.bundle import FitResult
-from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
+from food_assets.ml.models.registry import FitContext, FitHook, FitSkipped, ModelSpec
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 from food_assets.ml.training.train import train_model
 
@@ -42,7 +42,7 @@ def fit_lightning(
     compute = context.compute or ComputeConfig()
 
     def train(cfg: TrainConfig) -> FitResult:
-        return train_model(spec.name, splits, cfg, compute, out_dir, loggers=context.loggers)
+        return train_model(spec, splits, cfg, compute, out_dir, loggers=context.loggers)
 
     try:
         return train(config)
@@ -58,3 +58,20 @@ def fit_lightning(
         result = train(scratch)
         result.metadata[WEIGHTS_FALLBACK] = f"scratch (requested weights not found: {exc})"
         return result
+
+
+def fit_hook(spec: ModelSpec) -> FitHook:
+    """The entry's fit hook: its own, else `fit_lightning` (looked up at call time, so a test
+    may replace it)."""
+    return spec.fit or fit_lightning
+
+
+def fit_model(
+    spec: ModelSpec,
+    splits: SplitManifest,
+    config: object,
+    out_dir: str | Path,
+    context: FitContext | None = None,
+) -> FitResult:
+    """Fit `spec` with its settings `config` (`make_config(spec, ...)`) into `out_dir`."""
+    return fit_hook(spec)(spec, splits, config, out_dir, context)

@@ -39,7 +39,7 @@ from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import Augment
 from food_assets.ml.models.bundle import FitResult, ModelCard, save_bundle
 from food_assets.ml.models.recipe import supports_layer_decay
-from food_assets.ml.models.registry import get_model_spec
+from food_assets.ml.models.registry import ModelSpec
 from food_assets.ml.training.callbacks import HISTORY_COLUMNS, TrainingHistory
 from food_assets.ml.training.checkpoints import (
     BEST_CKPT,
@@ -59,7 +59,7 @@ from food_assets.ml.training.compute import on_cuda, recipe_metadata, resolve_lo
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
 from food_assets.ml.training.datamodule import SplitDataModule
 from food_assets.ml.training.module import ClassifierModule
-from food_assets.ml.training.plan import RunPlan, plan_run
+from food_assets.ml.training.plan import RunPlan, as_spec, plan_run
 from food_assets.ml.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def _finish(
 
 
 def train_model(
-    model_name: str,
+    model: ModelSpec | str,
     splits: SplitManifest,
     cfg: TrainConfig,
     compute: ComputeConfig,
@@ -353,7 +353,8 @@ def train_model(
     config starts fresh and moves the old checkpoints to `checkpoints.previous`.
 
     Args:
-        model_name: a `list_models()` name whose settings are a `TrainConfig`.
+        model: the registry entry whose settings are a `TrainConfig` (a `list_models()` name is
+            looked up once, here; everything after receives the spec).
         splits: the `food_splits` asset value (train and val rows are used).
         cfg: training configuration (mode and weights resolved from the registry if None).
             `cfg.on_missing_weights` is not applied here (missing weights raise):
@@ -376,7 +377,7 @@ def train_model(
             before anything under `out_dir` is written.
     """
     out_dir = Path(out_dir)
-    plan = plan_run(model_name, splits, cfg, compute, out_dir)
+    plan = plan_run(as_spec(model), splits, cfg, compute, out_dir)
     trainer, history_cb = build_trainer(
         plan.cfg,
         compute,
@@ -385,7 +386,7 @@ def train_model(
         callbacks=callbacks,
         progress_bar=progress_bar,
         default_root_dir=out_dir,
-        cpu_bf16=get_model_spec(model_name).cpu_bf16,
+        cpu_bf16=plan.spec.cpu_bf16,
     )
     # From here on the request is known to be valid: touch the run folder.
     resumed_from_epoch = _claim_run_folder(plan, trainer, out_dir)

@@ -84,6 +84,8 @@ register(
         preprocess=default_preprocess,
         fit=fit_zero_shot,
         description="CLIP ViT-B/32 zero-shot: a prompt-ensembled class matrix, no training",
+        # sample: 0.0, its random-weight stand-in here answers at chance (no CLIP weights).
+        accuracy_floors={"food101": 0.80, "sample": 0.0},
         **_CLIP_ENTRY,
     )
 )
@@ -95,6 +97,7 @@ register(
         preprocess=default_preprocess,
         fit=fit_linear_probe,
         description="CLIP ViT-B/32 linear probe: logistic regression on frozen image features",
+        accuracy_floors={"food101": 0.85, "sample": 0.0},
         **_CLIP_ENTRY,
     )
 )

@@ -63,20 +63,6 @@ PROBE_SPLITS = ("train", "val", "test")
 # --------------------------------------------------------------------------------------------
 
 
-def manifest_digest(splits: SplitManifest) -> str:
-    """Content hash of a split manifest: class map + (split, path, sha256, label) of every row.
-
-    Hashing the rows rather than the Parquet bytes keeps the key stable when the same splits are
-    rewritten, and changes it when any image, label or split assignment changes.
-    """
-    df = splits.frame()
-    cols = [c for c in ("split", "path", "sha256", "label_idx") if c in df.columns]
-    rows = df[cols].sort_values(["split", "path"], kind="stable")
-    h = hashlib.sha256(json.dumps(list(splits.class_names)).encode())
-    h.update(rows.to_csv(index=False).encode())
-    return h.hexdigest()
-
-
 def feature_cache_key(loaded: LoadedClip, splits: SplitManifest) -> str:
     """Key of the feature cache: (model id, weights identity, preprocess, manifest content)."""
     parts = {
@@ -86,7 +72,7 @@ def feature_cache_key(loaded: LoadedClip, splits: SplitManifest) -> str:
         "quick_gelu": loaded.quick_gelu,
         "weights": loaded.weights.identity(),
         "preprocess": loaded.preprocess.to_dict(),
-        "manifest": manifest_digest(splits),
+        "manifest": splits.digest(),
         "features": "l2-normalised image embeddings",
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
