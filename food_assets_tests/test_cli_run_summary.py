@@ -1,0 +1,217 @@
+"""`food-assets run` (what `make run` calls): the terminal during the run and the summary after.
+
+The summary's wording is tested on plain `RunOutcome`s (fast); the command itself runs as a
+subprocess on a tiny config, as a user runs it: the whole graph (one model trains, the others
+decline at once), then a run that fails its accuracy floor.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from food_assets.cli.summary import CheckLine, RunOutcome, duration, render
+from food_assets_tests.conftest import tiny_run_config
+from food_assets_tests.leaderboard_run import MISSING_WEIGHTS
+
+ROWS = [
+    {"model": "efficientnet_lite0", "acc_top1": 0.983, "acc_top1_ci_low": 0.95,
+     "acc_top1_ci_high": 1.0, "latency_ms": 3.14, "serving": "int8"},
+    {"model": "custom_cnn", "acc_top1": 0.833, "acc_top1_ci_low": 0.733,
+     "acc_top1_ci_high": 0.917, "latency_ms": 2.0, "serving": "fp32"},
+    {"model": "resnet50", "acc_top1": 0.4, "acc_top1_ci_low": 0.3,
+     "acc_top1_ci_high": 0.5, "latency_ms": float("nan"), "serving": None},
+]  # fmt: skip
+CLIP_WHY = (
+    "CLIP weights ViT-B-32/openai are not on this machine: the cache has no file. Set the "
+    "config key `checkpoint` to a local copy of that file."
+)
+
+
+def _outcome(**kw) -> RunOutcome:
+    base = dict(
+        run_id="r1",
+        success=True,
+        seconds=243.0,
+        steps=30,
+        rows=ROWS,
+        skipped={"clip_zero_shot": CLIP_WHY, "clip_linear_probe": CLIP_WHY},
+        champion="efficientnet_lite0",
+        champion_uri="models:/food_assets.efficientnet_lite0@champion",
+        eligible=["custom_cnn", "efficientnet_lite0"],
+        checks=[
+            CheckLine("evaluation_resnet50", "accuracy_above_floor", "failed", "top-1 0.4 vs 0.5"),
+            *[
+                CheckLine(f"{kind}_{m}", "c", "not evaluated", f"not evaluated: {m} skipped")
+                for m in ("clip_zero_shot", "clip_linear_probe")
+                for kind in ("evaluation", "gradcam")
+            ],
+        ],
+        log_path="data/logs/run.log",
+        commands=("run", "predict", "demo"),
+    )
+    return RunOutcome(**{**base, **kw})
+
+
+def test_summary_names_the_champion_and_shows_the_table() -> None:
+    """The leaderboard in its order with top-1, interval, latency and served precision; the
+    champion with its reason; the failed check; CLIP's not-evaluated checks once for both
+    models (same reason) with how to fix it; the next commands.
+
+    Breakage tried: the champion line dropped (fails); the table's CI column printing the
+    accuracy twice (fails on the interval); grouping by model instead of reason (two "not
+    evaluated" lines: fails); `serve` offered while the CLI has no such command (fails)."""
+    text = "\n".join(render(_outcome()))
+    lines = text.splitlines()
+    assert lines[0] == "run r1 succeeded in 4 min 03 s (30 steps)"
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "top-1"])
+    table = [line.split() for line in lines[header + 1 : header + 6]]
+    assert table[0] == ["efficientnet_lite0", "0.983", "[0.950,", "1.000]", "3.1", "ms", "int8"]
+    assert table[1] == ["custom_cnn", "0.833", "[0.733,", "0.917]", "2.0", "ms", "fp32"]
+    assert table[2] == ["resnet50", "0.400", "[0.300,", "0.500]", "-", "eager", "fp32"]
+    assert table[3:] == [["clip_linear_probe", "skipped"], ["clip_zero_shot", "skipped"]]
+    assert (
+        "champion: efficientnet_lite0: the highest test top-1 (0.983) of the 2 models that "
+        "passed their accuracy floor (ADR 0012); load it as "
+        "models:/food_assets.efficientnet_lite0@champion"
+    ) in lines
+    assert "  FAILED: evaluation_resnet50 accuracy_above_floor: top-1 0.4 vs 0.5" in lines
+    not_evaluated = [line for line in lines if "not evaluated" in line]
+    assert not_evaluated == [
+        "  not evaluated: 4 checks of clip_linear_probe, clip_zero_shot: CLIP weights "
+        "ViT-B-32/openai are not on this machine"
+    ]
+    assert "Set the config key `checkpoint`" in text
+    assert "food-assets predict PHOTO.jpg --model champion" in text and "make ui" in text
+    assert "food-assets serve" not in text
+    assert "food-assets serve" in "\n".join(render(_outcome(commands=("predict", "serve"))))
+    assert lines[-2:] == ["full log: data/logs/run.log", "Dagster UI: `make ui` -> Runs -> r1"]
+
+
+def test_summary_champion_reasons() -> None:
+    """One eligible model is "the only model"; none is "champion: none"; no leaderboard in the
+    run prints no champion line. Breakage tried: counting eligible models off by one (fails)."""
+    one = render(_outcome(eligible=["efficientnet_lite0"]))
+    assert any("the only model that passed its accuracy floor" in line for line in one)
+    none = render(_outcome(champion="none", eligible=[]))
+    assert any(line.startswith("champion: none") for line in none)
+    no_board = render(_outcome(champion=None, rows=None))
+    assert not any(line.startswith(("champion", "leaderboard")) for line in no_board)
+
+
+def test_summary_of_a_failed_run_is_the_step_and_its_reason() -> None:
+    """A failed run: its steps and one-line reasons and where the log is; no table, no
+    champion. Breakage tried: rendering the table for a failed run (fails on the length)."""
+    lines = render(
+        _outcome(
+            success=False,
+            failures=[("evaluation_custom_cnn", "accuracy_above_floor failed: top-1 0.1")],
+            not_run=3,
+        )
+    )
+    assert lines == [
+        "run r1 FAILED after 4 min 03 s",
+        "  evaluation_custom_cnn: accuracy_above_floor failed: top-1 0.1",
+        "  3 step(s) did not run: a step they depend on failed",
+        "full log: data/logs/run.log",
+        "Dagster UI: `make ui` -> Runs -> r1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "seconds, shown", [(0.4, "0 s"), (59.4, "59 s"), (60, "1 min 00 s"), (3725, "1 h 02 min")]
+)
+def test_duration(seconds: float, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+# -- the command, as a user runs it ---------------------------------------------------------------
+
+
+def _tiny_config(tmp_path: Path, *, floors: bool) -> Path:
+    """The whole graph: custom_cnn trains (2 epochs, 48 px), every other model declines."""
+    ops = tiny_run_config()["ops"]
+    for key, op in ops.items():
+        if key.startswith("model_") and key != "model_custom_cnn":
+            op["config"].update(weights=MISSING_WEIGHTS, on_missing_weights="skip")
+    config: dict = {"ops": ops}
+    if not floors:  # two epochs leave the model near chance: gate nothing
+        config["resources"] = {"quality": {"config": {"accuracy": {"sample/*": 0.0}}}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _food_assets(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "FOOD_ASSETS_DATA_DIR": str(tmp_path / "data"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    exe = Path(sys.executable).with_name("food-assets")
+    return subprocess.run(
+        [str(exe), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_food_assets_run_prints_steps_then_the_summary(tmp_path: Path) -> None:
+    """The whole graph on a tiny config: stderr is one line per step (the evaluation's top-1,
+    the export's ms, the epochs), no library noise; stdout is the summary naming the champion,
+    under a bound on lines; the full log is in the file it names.
+
+    Breakage tried: `--verbose` semantics as the default (Dagster's event log on stderr: over
+    the line bound, fails); the log redirection removed (Lightning's "GPU available" on
+    stderr: fails); the summary printed before the run's end (no champion: fails)."""
+    config = _tiny_config(tmp_path, floors=False)
+    proc = _food_assets(tmp_path, "run", "--config", str(config))
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err[-3000:] + out[-3000:]
+    err_lines = err.splitlines()
+    assert len(err_lines) <= 80, err
+    assert len(out.splitlines()) <= 60, out
+    for noise in ("Traceback", "DEBUG", "GPU available", "Warning", "Successfully registered"):
+        assert noise not in err + out
+    step = {line.split()[1]: line for line in err_lines[1:] if len(line.split()) > 2}
+    assert " top-1 " in step["evaluation_custom_cnn"] and "[" in step["evaluation_custom_cnn"]
+    assert " ms per image" in step["onnx_custom_cnn"]
+    assert sum("epoch " in line and "/2: val top-1" in line for line in err_lines) == 2
+    assert "skipped" in step["model_resnet50"]
+    assert "champion: custom_cnn: the only model that passed its accuracy floor" in out
+    assert "  model       top-1" in out or "  model " in out
+    assert any(line.split()[:1] == ["custom_cnn"] for line in out.splitlines())
+    log = next(line for line in out.splitlines() if line.startswith("full log: "))
+    log_file = tmp_path / log.removeprefix("full log: ")
+    assert "RUN_SUCCESS" in log_file.read_text()
+
+
+@pytest.mark.slow
+def test_food_assets_run_failure_is_the_step_and_its_reason(tmp_path: Path) -> None:
+    """The sample's accuracy floor fails the two-epoch model: exit 1, the failed step with the
+    check's one-line reason and where the log is, no traceback anywhere on the terminal.
+
+    Breakage tried: `launcher.failure_reasons` (Dagster's multi-line check error) as the reason
+    (fails on the one-line reason); the summary raising on a failed run (traceback: fails)."""
+    config = _tiny_config(tmp_path, floors=True)
+    select = "key:food_images_raw or key:food_splits or key:*_custom_cnn"
+    proc = _food_assets(tmp_path, "run", "-c", str(config), "--select", select)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("run ") and " FAILED after " in lines[0]
+    assert lines[1].startswith(
+        "  evaluation_custom_cnn: accuracy_above_floor failed: top-1 "
+    ) and lines[1].endswith("(sample)")
+    assert lines[-2].startswith("full log: data/logs/run_")
+    failed = [line for line in proc.stderr.splitlines() if " FAILED " in line]
+    assert len(failed) == 1 and "evaluation_custom_cnn" in failed[0]
