@@ -215,3 +215,49 @@ def test_food_assets_run_failure_is_the_step_and_its_reason(tmp_path: Path) -> N
     assert lines[-2].startswith("full log: data/logs/run_")
     failed = [line for line in proc.stderr.splitlines() if " FAILED " in line]
     assert len(failed) == 1 and "evaluation_custom_cnn" in failed[0]
+
+
+# -- the lines while it runs --------------------------------------------------------------------
+
+
+def test_epoch_lines_count_from_one_and_survive_pickling() -> None:
+    """`EpochProgress` reports each validation epoch as "epoch k/N" counting from 1; a pickled
+    copy (what `ddp_spawn` sends to its workers) reports nothing instead of failing on the
+    caller's log handle. Breakage tried: the 0-based epoch shown (fails); the report callable
+    kept in the pickle (a lambda: pickling fails)."""
+    import pickle
+
+    from food_assets.ml.training.progress import EpochProgress, epoch_line
+
+    seen: list[str] = []
+    progress = EpochProgress(lambda line: seen.append(line), total_epochs=4)
+    progress.log_metrics({"train/loss": 1.0, "epoch": 0})  # not a validation epoch
+    progress.log_metrics({"val/acc_top1": 0.5, "val/loss": 1.25, "epoch": 1})
+    assert seen == ["epoch 2/4: val top-1 0.500, val loss 1.250"]
+    assert epoch_line({"val/acc_top1": 0.25, "epoch": 0}, None) == "epoch 1: val top-1 0.250"
+    copy = pickle.loads(pickle.dumps(progress))
+    copy.log_metrics({"val/acc_top1": 0.5, "epoch": 2})
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "asset, meta, shown",
+    [
+        ("evaluation_x", {"acc_top1": 0.8333, "acc_top1_ci95": "[0.733, 0.917]"},
+         "top-1 0.833 [0.733, 0.917]"),
+        ("onnx_x", {"ort_fp32_ms_b1": 2.14, "ort_int8_ms_b1": 0.96},
+         "ONNX Runtime fp32 2.1 ms, int8 1.0 ms per image"),
+        ("onnx_x", {"ort_fp32_ms_b1": 2.14}, "ONNX Runtime fp32 2.1 ms per image"),
+        ("model_x", {"skipped": True, "reason": "no weights\nsecond line"}, "skipped: no weights"),
+        ("model_x", {"best_val_acc": 0.5}, "best val top-1 0.500"),
+        ("leaderboard", {"champion": "custom_cnn"}, "champion: custom_cnn"),
+        ("food_splits", {"dagster/row_count": 64}, "64 rows"),
+        ("onnx_x", {}, ""),
+    ],
+)  # fmt: skip
+def test_key_figure_per_kind_of_step(asset: str, meta: dict, shown: str) -> None:
+    """The one figure on each step's line. Breakage tried: the export's int8 latency under the
+    fp32 label (fails); a skip reason's second line kept (fails)."""
+    from food_assets.cli.progress import key_figure
+
+    assert key_figure(asset, meta) == shown
