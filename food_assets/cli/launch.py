@@ -154,7 +154,7 @@ def _trim_ops(run_config: dict[str, Any], names: set[str], graph: Any, config: P
 def _shown(path: Path) -> str:
     """`path` relative to the current folder when it is under it (shorter to read and copy)."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(os.path.abspath(path)).relative_to(os.getcwd()))
     except ValueError:
         return str(path)
 
@@ -183,7 +183,9 @@ def _program() -> str:
     exe = Path(sys.argv[0])
     if exe.name != "food-assets":
         return "food-assets"
-    return _shown(exe) if exe.is_absolute() or "/" in sys.argv[0] else exe.name
+    # As typed when relative (`.venv/bin/food-assets` from the Makefile; resolving it would
+    # follow a symlinked .venv out of the project).
+    return _shown(exe) if exe.is_absolute() else sys.argv[0]
 
 
 @contextlib.contextmanager
