@@ -20,6 +20,10 @@ pictures add (`project` - `paths`), in all and per model, and the ratios.
     .venv/bin/python benchmarks/event_log_size.py                          # custom_cnn + lite0
     .venv/bin/python benchmarks/event_log_size.py --models custom_cnn --classes 4
     .venv/bin/python benchmarks/event_log_size.py --classes 101 --modes paths,project
+    DAGSTER_HOME=$PWD .venv/bin/python benchmarks/event_log_size.py --run RUN_ID   # a past run
+
+`--run` measures a run already in the instance at DAGSTER_HOME (the one `make run` printed):
+its events' serialized bytes and how many of them are the pictures' Markdown.
 """
 
 from __future__ import annotations
@@ -134,13 +138,36 @@ def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path)
     }
 
 
+def measure_run(run_id: str) -> None:
+    """Print the serialized size of one run's events and the share of the pictures in them."""
+    import dagster as dg
+    from dagster._serdes import serialize_value
+
+    with dg.DagsterInstance.get() as instance:
+        total, pictures, count = 0, 0, 0
+        for entry in instance.all_logs(run_id):
+            total += len(serialize_value(entry))
+            event = entry.dagster_event
+            if event is not None and event.is_step_materialization:
+                meta = event.step_materialization_data.materialization.metadata
+                for key, value in meta.items():
+                    if key.endswith("_preview"):
+                        pictures += len(serialize_value(value))
+                        count += 1
+    print(f"run {run_id}: events {total:,} bytes serialized; {count} pictures, {pictures:,} bytes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", help="measure this run of the instance at DAGSTER_HOME")
     parser.add_argument("--models", default="custom_cnn,efficientnet_lite0")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=24)
     parser.add_argument("--modes", default="inline,paths,project", help="comma-separated")
     args = parser.parse_args()
+    if args.run:
+        measure_run(args.run)
+        return
     models = [m for m in args.models.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     rows = {}
