@@ -170,9 +170,10 @@ def test_food_assets_run_prints_steps_then_the_summary(tmp_path: Path) -> None:
     the export's ms, the epochs), no library noise; stdout is the summary naming the champion,
     under a bound on lines; the full log is in the file it names.
 
-    Breakage tried: `--verbose` semantics as the default (Dagster's event log on stderr: over
-    the line bound, fails); the log redirection removed (Lightning's "GPU available" on
-    stderr: fails); the summary printed before the run's end (no champion: fails)."""
+    Would fail with (not run on purpose: each run takes minutes here): `--verbose` semantics as
+    the default (Dagster's ~500-line event log on stderr, over the bound); the log redirection
+    removed (Lightning's "GPU available" on stderr); no summary (no champion line). Seen
+    before this change: `dg launch` printed about 550 lines ending on RUN_SUCCESS."""
     config = _tiny_config(tmp_path, floors=False)
     proc = _food_assets(tmp_path, "run", "--config", str(config))
     out, err = proc.stdout, proc.stderr
@@ -200,8 +201,10 @@ def test_food_assets_run_failure_is_the_step_and_its_reason(tmp_path: Path) -> N
     """The sample's accuracy floor fails the two-epoch model: exit 1, the failed step with the
     check's one-line reason and where the log is, no traceback anywhere on the terminal.
 
-    Breakage tried: `launcher.failure_reasons` (Dagster's multi-line check error) as the reason
-    (fails on the one-line reason); the summary raising on a failed run (traceback: fails)."""
+    Would fail with (not run on purpose): Dagster's multi-line check error as the reason (the
+    line would read "DagsterAssetCheckFailedError: 1 blocking asset check failed", not the
+    check's description, which the first version of this summary printed); a summary that
+    raises on a failed run (a traceback)."""
     config = _tiny_config(tmp_path, floors=True)
     select = "key:food_images_raw or key:food_splits or key:*_custom_cnn"
     proc = _food_assets(tmp_path, "run", "-c", str(config), "--select", select)

@@ -86,8 +86,8 @@ def test_a_run_embeds_a_bounded_number_of_small_pictures(graph_run) -> None:
     under the 1 MB budget, and the same for a 101-class run (under 3 MB): the count does not
     grow with the classes and the cap holds whatever the figure's size.
 
-    Breakage tried: the cap raised to 400,000 (fails on the sample budget); a preview of every
-    plot (hardest examples, ROC, training curves: fails on the set of keys)."""
+    Fails (by its arithmetic, not run on purpose) with the cap raised to 400,000 (over the
+    sample budget) or a preview of every plot (hardest examples, ROC: the set of keys)."""
     result = graph_run["result"]
     pictures = _pictures(result)
     mats = [
