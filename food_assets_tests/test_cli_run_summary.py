@@ -264,3 +264,56 @@ def test_key_figure_per_kind_of_step(asset: str, meta: dict, shown: str) -> None
     from food_assets.cli.progress import key_figure
 
     assert key_figure(asset, meta) == shown
+
+
+def _record(step: str, kind: str | None = None, message: str = "", **data):
+    """A log record as Dagster's logging hands it to a logger: `dagster_meta` with the event."""
+    import logging
+    from types import SimpleNamespace
+
+    event = None
+    if kind is not None:
+        event = SimpleNamespace(event_type_value=kind, event_specific_data=SimpleNamespace(**data))
+    record = logging.LogRecord("dagster", logging.INFO, __file__, 0, message, None, None)
+    record.dagster_meta = {"dagster_event": event, "step_key": step, "orig_message": message}
+    return record
+
+
+def test_step_lines_one_line_for_a_quick_step_two_for_a_slow_one() -> None:
+    """A quick step is one `done` line; a step still running after `started_after` gets its
+    `started` line then (a timer), its epochs, and its end; a quick check-only step that passed
+    is not shown, a slow one is closed by a line. Breakage tried: the `started` line printed at
+    once for every step (the quick step has two lines: fails); the announced check-only step
+    left without its end line (fails)."""
+    import io
+    import time as clock
+
+    from food_assets.cli.progress import StepLines
+
+    out = io.StringIO()
+    lines = StepLines(out, started_after=0.2)
+    passed = {"passed": True, "description": "ok", "check_name": "c"}
+
+    lines.handle(_record("food_splits", "STEP_START"))
+    lines.handle(_record("food_splits", "STEP_SUCCESS"))
+    lines.handle(_record("food_splits_check", "STEP_START"))
+    lines.handle(_record("food_splits_check", "ASSET_CHECK_EVALUATION", **passed))
+    lines.handle(_record("food_splits_check", "STEP_SUCCESS"))
+    lines.handle(_record("model_x", "STEP_START"))
+    clock.sleep(0.5)
+    lines.handle(_record("model_x", message="epoch 1/2: val top-1 0.500"))
+    lines.handle(_record("slow_check", "STEP_START"))
+    clock.sleep(0.5)
+    lines.handle(_record("slow_check", "ASSET_CHECK_EVALUATION", **passed))
+    lines.handle(_record("slow_check", "STEP_SUCCESS"))
+    lines.handle(_record("model_x", "STEP_SUCCESS"))
+    shown = [line.split(None, 1)[1].split() for line in out.getvalue().splitlines()]
+    assert [s[:2] for s in shown] == [
+        ["food_splits", "done"],
+        ["model_x", "started"],
+        ["model_x", "epoch"],
+        ["slow_check", "started"],
+        ["slow_check", "done"],
+        ["model_x", "done"],
+    ]
+    assert shown[4][-3:] == ["no", "check", "failed"]

@@ -96,6 +96,7 @@ class StepLines(logging.Handler):
         self._timers: dict[str, threading.Timer] = {}
         self._figures: dict[str, list[str]] = {}
         self._checks: dict[str, list[tuple[bool, str]]] = {}
+        self._announced: set[str] = set()  # steps whose `started` line was printed
 
     def _print(self, created: float, step: str, text: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(created))
@@ -108,6 +109,7 @@ class StepLines(logging.Handler):
         timer = self._timers.pop(step, None)
         if timer is not None:
             timer.cancel()
+            self._announced.add(step)
             self._print(self._started.get(step, time.time()), step, "started")
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -172,8 +174,12 @@ class StepLines(logging.Handler):
                 record.created, step, f"{'FAILED':<8}{seconds:7.1f} s  {_failure_reason(event)}"
             )
             return
+        announced = step in self._announced
+        self._announced.discard(step)
+        if not figures and checks and not shown_checks and not announced:
+            return  # a quick check-only step whose checks passed or evaluated nothing
         if not figures and checks and not shown_checks:
-            return  # a check-only step whose checks passed or evaluated nothing
+            figures = ["no check failed"]
         skipped = bool(figures) and figures[0].startswith("skipped: ")
         if skipped:
             # Downstream of a skipped model: its name says why; the model's line said the rest.
