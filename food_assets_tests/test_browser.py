@@ -511,9 +511,9 @@ def test_dagster_ui_shows_the_pictures(browser, dagster_ui: str, tmp_path: Path)
     """The evaluation's page shows its confusion matrix and the Grad-CAM page a strip of tiles,
     as pictures decoded by the browser (ADR 0024), not as paths on the server's disk.
 
-    Fails (not run on purpose: minutes per run here) when `picture` returns {} (no
-    `confusion_matrix_preview` row to wait for) or when Dagster's Markdown sanitizer drops
-    `data:` sources (no decoded <img>)."""
+    Breakage tried: `picture` returning {} (no `confusion_matrix_preview` row: fails). Would
+    also fail (not tried) if Dagster's Markdown sanitizer dropped `data:` sources (no decoded
+    <img>)."""
     from selenium.webdriver.common.keys import Keys
 
     browser.get(f"{dagster_ui}/overview")
