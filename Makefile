@@ -4,19 +4,24 @@
 # The inner loop: make test-fast (the tests not marked slow, under 2 minutes on 2 cores).
 export DAGSTER_HOME := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
+# The commands below run the project's own .venv/bin scripts: say so, or `dg` warns that the
+# active virtual environment (none, or the caller's) is not the project's.
+export VIRTUAL_ENV := $(CURDIR)/.venv
 
 .PHONY: setup run test test-fast mutation ui lint bench
 
 setup:
 	@bash scripts/setup.sh
 
-# `dg` reads [tool.dg] in pyproject.toml; the older form still works:
-#   .venv/bin/dagster asset materialize -m food_assets.definitions --select '*' -c configs/sample.yaml
-# First mark runs whose process died (a SIGKILL, the OOM killer) failed and free their `gpu`
-# slots, so that they do not block this one (food_assets/recovery.py, ADR 0025).
+# The whole graph on the sample, in process: one line per step, then the leaderboard, the
+# champion, the checks that did not pass and what to run next (`food-assets run --help`;
+# -v prints Dagster's full event log too). It first marks runs whose process died (a SIGKILL,
+# the OOM killer) failed and frees their `gpu` slots (food_assets/recovery.py, ADR 0025).
+# The same run through Dagster's own CLI (run the recovery first there):
+#   .venv/bin/python -m food_assets.recovery
+#   .venv/bin/dg launch --assets '*' --config configs/sample.yaml
 run: setup
-	.venv/bin/python -m food_assets.recovery
-	.venv/bin/dg launch --assets '*' --config configs/sample.yaml
+	.venv/bin/food-assets run --config configs/sample.yaml
 
 test: setup
 	.venv/bin/python -m pytest

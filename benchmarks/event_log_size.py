@@ -1,20 +1,29 @@
-"""Dagster run storage per run: plots referenced from metadata against plots embedded as base64.
+"""Dagster run storage per run: plots as paths, as small embedded pictures, or as full base64.
 
 Materializes the data assets and every per-model asset of `--models` (model, evaluation,
-Grad-CAM, ONNX, with their checks) in process on a tiny sample, twice, each into its own persistent
-SQLite Dagster instance (a fresh temporary DAGSTER_HOME) and its own data folder:
+Grad-CAM, ONNX, with their checks) in process on a tiny sample, once per mode, each into its
+own persistent SQLite Dagster instance (a fresh temporary DAGSTER_HOME) and its own data folder:
 
-- `inline` (the baseline, the project before ADR 0011): every plot's PNG embedded in the
-  asset's metadata as a base64 Markdown image (the old `md_image`);
-- `reference` (the project): every plot is a `MetadataValue.path` / `url` to the PNG under the
-  artifact root (`food_assets.assets._common.file_ref`).
+- `inline` (the project before ADR 0011): every plot's PNG embedded in the asset's metadata
+  as a base64 Markdown image (the old `md_image`);
+- `paths` (the project between ADR 0011 and ADR 0024): every plot is a `MetadataValue.path` /
+  `url` to the PNG under the artifact root, no picture;
+- `project` (the project, ADR 0024): the paths, plus small pictures (`assets._pictures`, at
+  most 40,000 characters each) of each evaluation's confusion matrix and reliability diagram
+  and of a strip of Grad-CAM tiles.
 
 Prints, for each, the sum of `length(event)` over the `event_logs` table of every SQLite file
 of the instance (the serialized events: metadata included), the bytes of the metadata values
-of the materializations, and the total size of the instance's .db files, then the ratios.
+of the materializations, and the total size of the instance's .db files; then how much the
+pictures add (`project` - `paths`), in all and per model, and the ratios.
 
     .venv/bin/python benchmarks/event_log_size.py                          # custom_cnn + lite0
     .venv/bin/python benchmarks/event_log_size.py --models custom_cnn --classes 4
+    .venv/bin/python benchmarks/event_log_size.py --classes 101 --modes paths,project
+    DAGSTER_HOME=$PWD .venv/bin/python benchmarks/event_log_size.py --run RUN_ID   # a past run
+
+`--run` measures a run already in the instance at DAGSTER_HOME (the one `make run` printed):
+its events' serialized bytes and how many of them are the pictures' Markdown.
 """
 
 from __future__ import annotations
@@ -49,9 +58,13 @@ def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path)
 
     modules = (model_assets, evaluation, explain)
     saved = {m: m.file_ref for m in modules}
+    saved_pictures = {m: m.picture for m in (evaluation, explain)}
     if mode == "inline":
         for m in modules:
             m.file_ref = _inline_png
+    if mode in ("inline", "paths"):  # neither had the small pictures
+        for m in saved_pictures:
+            m.picture = lambda *args, **kwargs: {}
     try:
         home = work / mode / "dagster_home"
         home.mkdir(parents=True)
@@ -92,10 +105,18 @@ def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path)
                 for e in result.get_asset_materialization_events()
                 for v in e.materialization.metadata.values()
             )
+            pictures = [
+                len(v.value)
+                for e in result.get_asset_materialization_events()
+                for k, v in e.materialization.metadata.items()
+                if k.endswith("_preview")
+            ]
         seconds = time.perf_counter() - t0
     finally:
         for m, f in saved.items():
             m.file_ref = f
+        for m, f in saved_pictures.items():
+            m.picture = f
     event_bytes, db_bytes = 0, 0
     for db in home.rglob("*.db"):
         db_bytes += db.stat().st_size
@@ -111,38 +132,74 @@ def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path)
         "event_bytes": event_bytes,
         "metadata_bytes": meta_bytes,
         "db_bytes": db_bytes,
+        "pictures": len(pictures),
+        "largest_picture": max(pictures, default=0),
         "seconds": seconds,
     }
 
 
+def measure_run(run_id: str) -> None:
+    """Print the serialized size of one run's events and the share of the pictures in them."""
+    import dagster as dg
+    from dagster._serdes import serialize_value
+
+    with dg.DagsterInstance.get() as instance:
+        total, pictures, count = 0, 0, 0
+        for entry in instance.all_logs(run_id):
+            total += len(serialize_value(entry))
+            event = entry.dagster_event
+            if event is not None and event.is_step_materialization:
+                meta = event.step_materialization_data.materialization.metadata
+                for key, value in meta.items():
+                    if key.endswith("_preview"):
+                        pictures += len(serialize_value(value))
+                        count += 1
+    print(f"run {run_id}: events {total:,} bytes serialized; {count} pictures, {pictures:,} bytes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", help="measure this run of the instance at DAGSTER_HOME")
     parser.add_argument("--models", default="custom_cnn,efficientnet_lite0")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=24)
+    parser.add_argument("--modes", default="inline,paths,project", help="comma-separated")
     args = parser.parse_args()
+    if args.run:
+        measure_run(args.run)
+        return
     models = [m for m in args.models.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="event_log_size_") as tmp:
-        for mode in ("inline", "reference"):
+        for mode in modes:
             rows[mode] = _run(mode, models, args.classes, args.per_class, Path(tmp))
     print(f"models: {', '.join(models)}; sample {args.classes} classes x {args.per_class} images")
     print(
         f"{'plots':<10} {'ok':<5} {'mats':>5} {'event_logs bytes':>17} {'metadata bytes':>15} "
-        f"{'sqlite files':>13} {'seconds':>8}"
+        f"{'sqlite files':>13} {'pictures':>9} {'largest':>8} {'seconds':>8}"
     )
     for mode, r in rows.items():
         print(
             f"{mode:<10} {str(r['success']):<5} {r['materializations']:>5} "
             f"{r['event_bytes']:>17,} {r['metadata_bytes']:>15,} {r['db_bytes']:>13,} "
-            f"{r['seconds']:>8.1f}"
+            f"{r['pictures']:>9} {r['largest_picture']:>8,} {r['seconds']:>8.1f}"
         )
-    a, b = rows["inline"], rows["reference"]
-    print(
-        f"reference / inline: event_logs {b['event_bytes'] / a['event_bytes']:.3f}, "
-        f"metadata {b['metadata_bytes'] / max(a['metadata_bytes'], 1):.3f}, "
-        f"sqlite files {b['db_bytes'] / a['db_bytes']:.3f}"
-    )
+    if "paths" in rows and "project" in rows:
+        grown = rows["project"]["event_bytes"] - rows["paths"]["event_bytes"]
+        print(
+            f"pictures add (project - paths): {grown:,} bytes of event log, "
+            f"{grown / len(models):,.0f} per model"
+        )
+    if "inline" in rows:
+        a = rows["inline"]
+        for mode in (m for m in ("paths", "project") if m in rows):
+            b = rows[mode]
+            print(
+                f"{mode} / inline: event_logs {b['event_bytes'] / a['event_bytes']:.3f}, "
+                f"metadata {b['metadata_bytes'] / max(a['metadata_bytes'], 1):.3f}, "
+                f"sqlite files {b['db_bytes'] / a['db_bytes']:.3f}"
+            )
 
 
 if __name__ == "__main__":

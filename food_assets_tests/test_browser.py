@@ -5,11 +5,11 @@ without them these tests skip, except under CI (`CI=true`), where they must run 
 Selenium is pointed at the chromedriver binary explicitly, so selenium-manager never downloads.
 
 All tests share one tiny materialization (`food_images_raw`, `food_splits`, `model_custom_cnn`,
-`evaluation_custom_cnn`, `onnx_custom_cnn`, every other model and evaluation declining at once,
-and `leaderboard`, with their checks) into a persistent SQLite instance in a temporary
-DAGSTER_HOME: the session's `graph_run` uses an ephemeral in-memory instance, which a separate
-`dagster dev` process cannot read. The Dagster tests share one `dagster dev` (the webserver and
-the daemon, whose freshness daemon evaluates the freshness policies) over that instance.
+`evaluation_custom_cnn`, `gradcam_custom_cnn`, `onnx_custom_cnn`, every other model and evaluation
+declining at once, and `leaderboard`, with their checks) into a persistent SQLite instance in a
+temporary DAGSTER_HOME: the session's `graph_run` uses an ephemeral in-memory instance, which a
+separate `dagster dev` process cannot read. The Dagster tests share one `dagster dev` (the webserver
+and the daemon, whose freshness daemon evaluates the freshness policies) over that instance.
 
 Screenshots go to each test's tmp_path; with FOOD_ASSETS_SAVE_SCREENSHOTS=1 they are also copied
 to docs/screenshots/.
@@ -41,7 +41,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 MODEL = "custom_cnn"
 #: Up to the leaderboard (it sets the champion): only MODEL trains, the others decline at once.
-SUBSET = leaderboard_selection(MODEL, f"onnx_{MODEL}")
+SUBSET = leaderboard_selection(MODEL, f"onnx_{MODEL}", f"gradcam_{MODEL}")
 CHROME_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -481,3 +481,53 @@ def test_dagster_ui_shows_the_champion_and_freshness(
     champion_row = browser.find_element(By.XPATH, "//tr[td[1][normalize-space()='champion']]")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", champion_row)
     _screenshot(browser, tmp_path, "dagster_leaderboard_champion")
+
+
+def _show_picture(driver: Any, key: str) -> Any:
+    """Open the metadata row `key`'s Markdown (a picture is too long to show inline: Dagster
+    puts it behind "[Show Markdown]") and wait for its image to be decoded; returns the <img>."""
+    from selenium.webdriver.common.by import By
+
+    row = _wait(
+        driver,
+        lambda d: d.find_elements(By.XPATH, f"//tr[td[1][normalize-space()='{key}']]"),
+        f"the metadata row {key}",
+    )[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", row)
+    buttons = row.find_elements(By.XPATH, ".//*[normalize-space()='[Show Markdown]']")
+    assert buttons, row.text
+    buttons[-1].click()  # the innermost element with that text
+
+    def decoded(d: Any) -> Any:
+        for img in d.find_elements(By.CSS_SELECTOR, "img[src^='data:image/']"):
+            if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img):
+                return img
+        return False
+
+    return _wait(driver, decoded, f"the picture of {key} to be decoded")
+
+
+def test_dagster_ui_shows_the_pictures(browser, dagster_ui: str, tmp_path: Path) -> None:
+    """The evaluation's page shows its confusion matrix and the Grad-CAM page a strip of tiles,
+    as pictures decoded by the browser (ADR 0024), not as paths on the server's disk.
+
+    Breakage tried: `picture` returning {} (no `confusion_matrix_preview` row: fails). Would
+    also fail (not tried) if Dagster's Markdown sanitizer dropped `data:` sources (no decoded
+    <img>)."""
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{dagster_ui}/overview")
+    browser.execute_script("window.localStorage.setItem('communityNux', JSON.stringify('1'));")
+    for asset, key, shot in (
+        (f"evaluation_{MODEL}", "confusion_matrix_preview", "dagster_confusion_matrix"),
+        (f"gradcam_{MODEL}", "gradcam_tiles_preview", "dagster_gradcam_tiles"),
+    ):
+        browser.get(f"{dagster_ui}/assets/{asset}")
+        _wait_text(browser, ["Metadata", key])
+        _wait(browser, _loaded, f"the {asset} page to finish loading")
+        img = _show_picture(browser, key)
+        width = browser.execute_script("return arguments[0].naturalWidth", img)
+        assert width >= 100, width
+        assert "full size:" in _wait_text(browser, ["full size:"])
+        _screenshot(browser, tmp_path, shot)
+        browser.find_element("tag name", "body").send_keys(Keys.ESCAPE)

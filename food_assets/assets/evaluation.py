@@ -29,6 +29,7 @@ from food_assets.assets._common import (
     table_metadata,
     user_errors,
 )
+from food_assets.assets._pictures import picture
 from food_assets.assets.models import TrainedModel
 from food_assets.catalog import calibration_record
 from food_assets.ml import artifacts
@@ -243,7 +244,14 @@ def _evaluation_metadata(
         metadata["tta_time_ratio"] = dg.MetadataValue.float(float(s["tta/time_ratio"]))
     for plot_name, path in result.plots.items():
         metadata[plot_name] = file_ref(path, store)
+    for plot_name in PICTURED_PLOTS:  # shown in the UI, not only named (ADR 0024)
+        if plot_name in result.plots:
+            metadata.update(picture(plot_name, result.plots[plot_name], store))
     return metadata
+
+
+#: The evaluation plots embedded as small pictures (`_pictures.picture`); the others stay paths.
+PICTURED_PLOTS = ("confusion_matrix", "reliability")
 
 
 def _finite(value: Any) -> float | None:
@@ -415,6 +423,8 @@ def _comparison_metadata(
         "csv": dg.MetadataValue.path(store.location(files["csv"])),
         "plot": file_ref(files["plot"], store) if files.get("plot") else "n/a",
     }
+    if files.get("plot"):
+        metadata.update(picture(Path(files["plot"]).stem, files["plot"], store))
     if skipped:
         import pandas as pd
 

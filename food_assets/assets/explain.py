@@ -20,6 +20,7 @@ from food_assets.assets._common import (
     skipped_output,
     user_errors,
 )
+from food_assets.assets._pictures import picture
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.ml.quality import check_gradcam_sanity
@@ -80,11 +81,26 @@ def _gradcam_metadata(result: "GradcamResult", cam_layer: str, store: Any = None
     metadata["cam_layer"] = cam_layer
     for gallery, path in result.galleries.items():
         metadata[f"gallery_{gallery}"] = file_ref(path, store)
+    metadata.update(_tiles_picture(result, store))
     metadata["tiles"] = md_table(
         result.tiles[["gallery", "position", "true_class", "pred_class", "confidence"]],
         max_rows=48,
     )
     return metadata
+
+
+#: The galleries whose first row of tiles is shown as a picture in the UI (ADR 0024).
+PICTURED_GALLERIES = ("correct", "wrong")
+
+
+def _tiles_picture(result: "GradcamResult", store: Any) -> dict[str, Any]:
+    """`gradcam_tiles_preview`: the first row of tiles of the correct and the wrong galleries,
+    one above the other (a gallery with no tiles, such as no wrong predictions, is left out)."""
+    tiles = result.tiles
+    present = set(tiles["gallery"])
+    shown = [g for g in PICTURED_GALLERIES if g in result.galleries and g in present]
+    rows = [int(tiles.loc[tiles["gallery"] == g, "row"].max()) + 1 for g in shown]
+    return picture("gradcam_tiles", [result.galleries[g] for g in shown], store, rows=rows)
 
 
 def build_explain_asset(name: str) -> dg.AssetsDefinition:

@@ -171,6 +171,13 @@ def _export_metadata(result: "ExportResult", store: ArtifactStore) -> dict[str, 
         metadata["latency"] = md_table(latency, floatfmt=".2f")
         metadata["latency_threads"] = int(latency["threads"].iloc[0])
         b1 = latency[latency["batch"] == 1].set_index("backend")["median_ms"]
+        # The key figures `food-assets run` prints for an export (ms per image, batch 1).
+        for backend, key in (
+            ("onnxruntime", "ort_fp32_ms_b1"),
+            ("onnxruntime_int8", "ort_int8_ms_b1"),
+        ):
+            if backend in b1.index:
+                metadata[key] = round(float(b1[backend]), 2)
         if {"eager", "onnxruntime"} <= set(b1.index):
             metadata["ort_over_eager_batch1"] = round(float(b1["onnxruntime"] / b1["eager"]), 3)
         if {"onnxruntime", "onnxruntime_int8"} <= set(b1.index):

@@ -135,9 +135,13 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
                 "source": food_splits.source}  # fmt: skip
         try:
             with user_errors(), tracking.model_run(mlflow, asset, tags) as run:
+                from food_assets.ml.training.progress import EpochProgress
+
+                # One "epoch 2/4: val top-1 ..." log line per epoch: `food-assets run` shows it.
+                progress = EpochProgress(context.log.info, getattr(config, "epochs", None))
                 fit_context = FitContext(
                     compute=compute.compute_config(),
-                    loggers=run.loggers(),
+                    loggers=[*run.loggers(), progress],
                     feature_cache_dir=artifact_store.cache_dir(FEATURE_CACHE),
                     log=context.log.warning,
                 )

@@ -1,8 +1,9 @@
 """`food-assets`: predict with a materialized model, train/evaluate/export through Dagster, list
 models, launch the demo.
 
-One module per command group: `predict`, `models`, `run` (`train`, `evaluate`, `export`, which
-launch Dagster through `food_assets.launcher`) and `demo`; `common` holds what they share (the
+One module per command group: `launch` (`run`: the whole graph, what `make run` calls),
+`predict`, `models`, `run` (`train`, `evaluate`, `export`, which launch Dagster through
+`food_assets.launcher`) and `demo`; `common` holds what they share (the
 consoles, exit codes, the user-error decorator). This module makes the Typer `app` and adds the
 commands to it; the command modules do not import it, so there is no import cycle.
 
@@ -20,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from food_assets.cli import demo, models, predict, run
+from food_assets.cli import demo, launch, models, predict, run
 from food_assets.cli.common import EXIT_FAILED, EXIT_USER_ERROR, UserError
 
 __all__ = ["EXIT_FAILED", "EXIT_USER_ERROR", "UserError", "app", "main"]
@@ -58,6 +59,7 @@ def _main(
 
 # In this order in `food-assets --help`.
 for _command in (
+    launch.run,
     predict.predict,
     models.models,
     run.train,

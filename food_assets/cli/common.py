@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 
 EXIT_FAILED = 1
+#: Exit status of a cancelled run (128 + SIGINT, as a shell reports Ctrl-C).
+EXIT_CANCELLED = 130
 EXIT_USER_ERROR = 2
 
 # Progress bars, warnings and errors go to stderr so that JSON/CSV on stdout stays parseable.

@@ -2,7 +2,8 @@
 
 The Dagster side (which parents run again, the run config, the in-process run) is
 `food_assets.launcher`; this module turns options into its arguments, prints one line per step
-while the run goes, and a summary of what was materialized and where it lives after it.
+while the run goes (`food_assets.cli.progress`), and a summary of what was materialized and
+where it lives after it.
 `launcher` and Dagster are imported inside the commands, so `food-assets --help` stays fast.
 """
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from food_assets.cli.common import (
+    EXIT_CANCELLED,
     EXIT_FAILED,
     UserError,
     check_model_name,
@@ -25,12 +27,6 @@ from food_assets.cli.common import (
     stdout_console,
     user_errors,
 )
-
-#: Exit status of a cancelled run (128 + SIGINT, as a shell reports Ctrl-C).
-EXIT_CANCELLED = 130
-
-if TYPE_CHECKING:  # only for type hints; importing them for real would load Dagster
-    import dagster as dg
 
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Print every Dagster event, not only steps.")
@@ -174,6 +170,7 @@ def _materialize_quietly(
     verbose: bool,
 ) -> None:
     from food_assets import launcher
+    from food_assets.cli.progress import step_logger
     from food_assets.resources import mlflow_tracking_uri
 
     root = data_dir(ctx)
@@ -212,59 +209,11 @@ def _materialize_quietly(
             plan,
             instance,
             tags={"food_assets/cli": command, "food_assets/target": target},
-            loggers={"food_assets_cli": _step_logger()},
+            loggers={"food_assets_cli": step_logger(sys.stderr)},
             logger="console" if verbose else "food_assets_cli",
             tracking_uri=mlflow_tracking_uri(str(root)),
         )
         _report(result, root, target, mlflow_tracking_uri(str(root)))
-
-
-def _step_logger() -> dg.LoggerDefinition:
-    """A Dagster logger that prints one short line per step event and per asset log on stderr.
-
-    Dagster's console logger prints every engine event and a full stack trace for a `Failure`;
-    the CLI prints the failure's description at the end instead (`--verbose` brings it back).
-    """
-    import logging
-    import time
-
-    import dagster as dg
-
-    class _Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            meta = getattr(record, "dagster_meta", None) or {}
-            event = meta.get("dagster_event")
-            where = meta.get("step_key") or (
-                f"resource:{meta['resource_name']}" if meta.get("resource_name") else "run"
-            )
-            message = meta.get("orig_message") or record.getMessage()
-            if event is not None:
-                kind = event.event_type_value
-                if kind == "STEP_START":
-                    message = "started"
-                elif kind == "STEP_SUCCESS":
-                    message = message.split(" in ", 1)[-1].rstrip(".")
-                    message = f"done in {message}" if message[:1].isdigit() else "done"
-                elif kind == "STEP_FAILURE":
-                    message = "failed"
-                else:
-                    return
-            elif record.levelno < logging.INFO:
-                return
-            elif message.startswith("Dependencies for step"):
-                message = "not run (a step it depends on failed)"
-            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-            print(f"{stamp} {where}: {message}", file=sys.stderr, flush=True)
-
-    @dg.logger(description="food-assets CLI: one line per step event on stderr")
-    def cli_console(init_context: dg.InitLoggerContext) -> logging.Logger:
-        logger = logging.getLogger("food_assets.cli.run")
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        logger.handlers = [_Handler()]
-        return logger
-
-    return cli_console
 
 
 def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
