@@ -4,10 +4,10 @@ One nested MLflow run per `model_<name>` materialization under dagster-mlflow's 
 Dagster run (ADR 0004), opened and ended by `model_run`: Lightning's own `MLFlowLogger` writes
 the per-epoch curves into it (`ModelRun.loggers()`, nothing else logs per epoch); `ModelRun.log_fit`
 adds the params, numeric metadata, artifacts (bundle, checkpoints, plots, label map, resolved
-config), the logged model (a pyfunc that takes image bytes), and registers that model as a new version of
-`food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the `champion` alias
-(`set_champion`, ADR 0012). `food_assets.ml` never imports MLflow; the asset bodies call this
-module and nothing else about tracking.
+config), the logged model (a pyfunc that takes image bytes), and registers that model as a new
+version of `food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the
+`champion` alias (`set_champion`, ADR 0012). `food_assets.ml` never imports MLflow; the asset
+bodies call this module and nothing else about tracking.
 """
 
 from __future__ import annotations
