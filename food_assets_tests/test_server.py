@@ -74,8 +74,9 @@ def test_predict_raw_and_multipart_answer_the_same(client):
     """Raw body and multipart field `image` give the model's top-k (k per request), with the
     model, backend and precision. Breakage tried: `_answer` built from `probs` before the
     temperature-free sort (`top_k` unsorted: the red image's first label is not apple_pie)."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (48, 40), (250, 10, 10)).save(buf, "PNG")
