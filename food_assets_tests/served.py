@@ -59,6 +59,10 @@ def register_bundle(bundle: Path, uri: str, *, experiment: str = "serve_tests") 
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
+        # Artifacts beside the store, not in ./mlruns of whatever folder the tests run from.
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=(store / "artifacts").as_uri())
         mlflow.set_experiment(experiment)
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(bundle), artifact_path="bundle")
