@@ -62,9 +62,9 @@ def test_champion_swaps_under_concurrent_load_with_no_failed_request(champion_1)
     """4 clients post for the whole test; the alias moves from version 1 to 2 half-way. Every
     answer is a 200 whose labels are its version's, each client sees 1s then 2s (never back),
     and both versions answered. Breakage tried: the watcher emptying the slot while it loads
-    the new version (`/predict` answers 503 not_ready meanwhile: fails), and `Batcher._run`
-    running a straddling batch with the newest model only (a V1-preprocessed request answered
-    with V2 labels is still fine here, so that one was caught by the version-order check)."""
+    the new version (`/predict` answers 503 not_ready meanwhile: fails). Not caught: a batch
+    that straddles the swap run by the newest model only (both versions have 3 classes, and
+    such batches are rare at this load)."""
     reg = champion_1
     settings = ServerSettings(data=reg["data"], ref="champion", poll_s=0.2, max_wait_ms=5)
     answers: list[list[tuple[int, str | None, str | None]]] = [[] for _ in range(4)]
@@ -92,7 +92,7 @@ def test_champion_swaps_under_concurrent_load_with_no_failed_request(champion_1)
         time.sleep(1.5)
         reg["client"].set_registered_model_alias(NAME, "champion", "2")
         deadline = time.monotonic() + 60
-        while srv.state.slot.current.version != "2":
+        while getattr(srv.state.slot.current, "version", None) != "2":
             assert time.monotonic() < deadline, "the new champion was never swapped in"
             time.sleep(0.05)
         time.sleep(1.5)
