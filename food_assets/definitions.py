@@ -16,6 +16,7 @@ ASSET_MODULES = [
     "food_assets.assets.evaluation",
     "food_assets.assets.explain",
     "food_assets.assets.export",
+    "food_assets.assets.batch",  # batch_predictions: the champion scores each drop of photos
 ]
 
 

@@ -32,7 +32,10 @@ def sensors() -> list[dg.SensorDefinition]:
     """The automation sensor that evaluates `leaderboard`'s automation condition (eager: after
     its evaluations or exports update, never past a failed blocking check; ADR 0011). Stopped
     by default like the schedule: switch it on in the UI (Automation -> Sensors)."""
+    from food_assets.assets.batch import new_drops
+
     return [
+        new_drops,
         dg.AutomationConditionSensorDefinition(
             "leaderboard_automation",
             target=dg.AssetSelection.assets(LEADERBOARD_ASSET),
@@ -43,7 +46,9 @@ def sensors() -> list[dg.SensorDefinition]:
 
 
 def jobs() -> list:
-    return [train_all_job, reevaluate_job]
+    from food_assets.assets.batch import batch_predictions_job
+
+    return [train_all_job, reevaluate_job, batch_predictions_job]
 
 
 def schedules() -> list[dg.ScheduleDefinition]:
