@@ -67,7 +67,10 @@ def test_score_drop_predicts_readable_files_and_lists_the_rest(model, tmp_path):
     got = scored.predictions.set_index("path")
     assert list(got.index) == ["img1.png", "img2.png", "nested/img0.png"]
     assert list(got["label"]) == ["pizza", "sushi", "apple_pie"]
-    assert all(len(t) == 2 and t[0]["label"] == lbl for t, lbl in zip(got["top_k"], got["label"]))
+    assert all(
+        len(t) == 2 and t[0]["label"] == lbl
+        for t, lbl in zip(got["top_k"], got["label"], strict=True)
+    )
     assert set(got["model_version"]) == {"7"} and set(got["model"]) == {"tiny"}
     reasons = dict(zip(scored.unreadable["path"], scored.unreadable["reason"], strict=True))
     assert reasons == {

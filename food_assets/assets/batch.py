@@ -49,8 +49,9 @@ def drops_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 class BatchPredictionsConfig(dg.Config):
     source: str | None = Field(
-        default=None, description="the drops folder (default FOOD_ASSETS_DROPS_DIR, else "
-        "<data dir>/drops); the partition key is the drop's sub-folder"
+        default=None,
+        description="the drops folder (default FOOD_ASSETS_DROPS_DIR, else "
+        "<data dir>/drops); the partition key is the drop's sub-folder",
     )
     model: str = Field(
         default="champion", description="champion, a models:/ URI, a model name or a path"

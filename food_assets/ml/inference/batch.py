@@ -89,4 +89,3 @@ def save_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
     return path
-
