@@ -173,3 +173,32 @@ def test_the_sensor_adds_one_partition_and_one_run_per_new_drop(tmp_path, monkey
     (tmp_path / "c").mkdir()
     assert [r.partition_key for r in tick().run_requests] == ["c"]
     assert instance.get_dynamic_partitions(DROPS.name) == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_drops_on_an_object_store_prefix(model, tmp_path, monkeypatch):
+    """A drops prefix on S3 (moto on loopback): the sensor lists its sub-prefixes and the asset
+    scores a drop copied into the local cache. Breakage tried: `local_drop` returning the
+    remote path unchanged (the folder check fails the run)."""
+    import s3fs
+
+    from food_assets_tests.s3 import moto_s3, s3_env
+
+    with moto_s3() as endpoint:
+        bucket = s3_env(monkeypatch, endpoint)
+        local = _drop(tmp_path / "up" / "d1", [RED, BLUE])
+        fs = s3fs.S3FileSystem()
+        for path in sorted(local.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                fs.put_file(str(path), f"{bucket}/incoming/d1/{path.relative_to(local)}")
+        source = f"{bucket}/incoming"
+        monkeypatch.setenv("FOOD_ASSETS_DROPS_DIR", source)
+        instance = dg.DagsterInstance.ephemeral()
+        result = new_drops(dg.build_sensor_context(instance=instance))
+        assert [r.partition_key for r in result.run_requests] == ["d1"]
+        instance.add_dynamic_partitions(DROPS.name, ["d1"])
+        run = _materialize(instance, tmp_path / "data", "d1", model=str(model))
+        assert run.success
+        meta = run.asset_materializations_for_node(BATCH_ASSET)[-1].metadata
+        assert meta["dagster/row_count"].value == 2 and meta["unreadable_files"].value == 3
+        assert meta["source"].value == f"{source}/d1"

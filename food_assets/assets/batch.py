@@ -1,18 +1,18 @@
 """`batch_predictions`: the champion scores each drop of new photos, one partition per drop.
 
-A drop is a sub-folder of the drops folder (`BatchPredictionsConfig.source`, default
-FOOD_ASSETS_DROPS_DIR, else `<data dir>/drops`). The `new_drops` sensor adds a partition for
-each new sub-folder and requests its run. The model is resolved and loaded as `food-assets
-serve` does (`food_assets.server.models.load_served`: the one resolver, the serving rule), by
-default `champion`. Output: `artifacts/batch_predictions/<drop>/predictions.parquet` (path,
-label, probability, top-k, model, model version) and `unreadable.parquet` (path, reason):
-a photo that does not decode is listed, never a failed run. The `low_confidence_share` check
-warns when too many top-1 probabilities are low.
+A drop is a sub-folder of the drops folder or object-store prefix (`food_assets.drops`;
+`BatchPredictionsConfig.source`, default FOOD_ASSETS_DROPS_DIR, else `<data dir>/drops`). The
+`new_drops` sensor adds a partition for each new sub-folder and requests its run. The model
+is resolved and loaded as `food-assets serve` does (`food_assets.server.models.load_served`:
+the one resolver, the serving rule), by default `champion`. Output:
+`artifacts/batch_predictions/<drop>/predictions.parquet` (path, label, probability, top-k,
+model, model version) and `unreadable.parquet` (path, reason): a photo that does not decode
+is listed, never a failed run. The `low_confidence_share` check warns when too many top-1
+probabilities are low.
 """
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,17 @@ from food_assets.assets._common import (
     table_metadata,
     user_errors,
 )
+from food_assets.drops import DROPS_ENV, default_source, list_drops, local_drop
 from food_assets.resources import ArtifactStore
-from food_assets.storage import default_data_dir
 
 BATCH_ASSET = "batch_predictions"
 BATCH_GROUP = "serving"
 LOW_CONFIDENCE_CHECK = "low_confidence_share"
-DROPS_ENV = "FOOD_ASSETS_DROPS_DIR"
 PREDICTIONS_FILE = "predictions.parquet"
 UNREADABLE_FILE = "unreadable.parquet"
 
 #: One partition per drop of new photos (added by the `new_drops` sensor, or by hand in the UI).
 DROPS = dg.DynamicPartitionsDefinition(name="drops")
-
-
-def drops_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where drops arrive: FOOD_ASSETS_DROPS_DIR, else `<data dir>/drops`."""
-    env = os.environ.get(DROPS_ENV)
-    return Path(env) if env else Path(data_dir or default_data_dir()) / "drops"
 
 
 class BatchPredictionsConfig(dg.Config):
@@ -95,9 +88,11 @@ def batch_predictions(
     from food_assets.server.models import load_served
 
     drop = context.partition_key
-    folder = Path(config.source or drops_dir(artifact_store.data_dir)) / drop
+    source = config.source or default_source(artifact_store.data_dir)
+    with user_errors():
+        folder = local_drop(source, drop, artifact_store.data_dir)
     if not folder.is_dir():
-        raise dg.Failure(f"drop {drop!r}: {folder} is not a folder (source: {folder.parent})")
+        raise dg.Failure(f"drop {drop!r} is not a sub-folder of {source}")
     with user_errors():
         model = load_served(config.model, Path(artifact_store.data_dir), config.precision)
         scored = score_drop(
@@ -113,7 +108,7 @@ def batch_predictions(
     metadata: dict[str, Any] = {
         **table_metadata(scored.predictions),
         "drop": drop,
-        "source": str(folder),
+        "source": f"{source.rstrip('/')}/{drop}",
         "model": model.name,
         "model_source": model.source,
         "model_version": model.version or "n/a",
@@ -169,10 +164,8 @@ batch_predictions_job = dg.define_asset_job(
     "becomes a `drops` partition and a batch_predictions run.",
 )
 def new_drops(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    from food_assets.ml.inference.batch import list_drops
-
     known = set(context.instance.get_dynamic_partitions(DROPS.name))
-    new = [d for d in list_drops(drops_dir()) if d not in known]
+    new = [d for d in list_drops(default_source()) if d not in known]
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=d, run_key=f"drop:{d}") for d in new],
         dynamic_partitions_requests=[DROPS.build_add_request(new)] if new else [],

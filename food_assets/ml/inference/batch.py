@@ -37,6 +37,11 @@ class ScoredDrop:
         return float((self.predictions["probability"] < threshold).mean())
 
 
+def is_drop_name(name: str) -> bool:
+    """Whether a folder name can be a drop (a partition key): letters, digits, `._-`."""
+    return bool(_DROP_NAME.match(name))
+
+
 def list_drops(source: str | os.PathLike[str]) -> list[str]:
     """The drops under a source folder: its sub-folders whose names can be partition keys,
     sorted (hidden folders and loose files are not drops). An absent folder has none."""
