@@ -45,7 +45,7 @@ def list_drops(source: str) -> list[str]:
 
 def local_drop(source: str, drop: str, data_dir: str | os.PathLike[str]) -> Path:
     """The drop as a local folder: itself for a folder source, else a synced local copy."""
-    if True:
+    if not is_remote(source):
         return Path(source.removeprefix("file://")) / drop
     from upath import UPath
 
