@@ -136,6 +136,28 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
+def session_cpu_s(sid: int) -> float:
+    """User + system CPU seconds of every live process in session `sid` (a server started with
+    `start_new_session=True`: MLflow's uvicorn child, LitServe's workers, all count)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after the name: state ppid pgrp session ...
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured(proc: subprocess.Popen, run: Callable[[], tuple[float, list[float], int]]):
+    """`run()` and the CPU seconds the server's session spent during it."""
+    before = session_cpu_s(proc.pid)
+    seconds, lat, errors = run()
+    return seconds, lat, errors, session_cpu_s(proc.pid) - before
+
+
 def free_port() -> int:
     import socket
 
@@ -209,7 +231,7 @@ def main() -> None:
     from food_assets.ml.inference.predictor import load_predictor
 
     images = jpegs(16, tuple(args.image_size))
-    results: dict[str, tuple[float, list[float], int]] = {}
+    results: dict[str, tuple[float, list[float], int, float]] = {}
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
@@ -232,15 +254,17 @@ def main() -> None:
 
         batch_of(0)
         n_batches = max(1, args.requests // args.max_batch)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for i in range(n_batches):
             batch_of(i)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         per_batch = seconds / n_batches
+        scale = args.requests / (n_batches * args.max_batch)
         results["in-process predictor"] = (
-            seconds * args.requests / (n_batches * args.max_batch),
+            seconds * scale,
             [per_batch] * n_batches,
             0,
+            cpu * scale,
         )
 
         # 2. food-assets serve.
@@ -264,8 +288,8 @@ def main() -> None:
 
                 for i in range(4):
                     send_fa(i)
-                results["food-assets serve"] = load(
-                    send_fa, args.requests, args.clients, args.timeout
+                results["food-assets serve"] = measured(
+                    proc, lambda: load(send_fa, args.requests, args.clients, args.timeout)
                 )
         finally:
             stop(proc)
@@ -292,8 +316,8 @@ def main() -> None:
 
                     for i in range(4):
                         send_ml(i)
-                    results["mlflow models serve"] = load(
-                        send_ml, args.requests, args.clients, args.timeout
+                    results["mlflow models serve"] = measured(
+                        proc, lambda: load(send_ml, args.requests, args.clients, args.timeout)
                     )
             finally:
                 stop(proc)
@@ -323,7 +347,9 @@ def main() -> None:
 
                     for i in range(4):
                         send_ls(i)
-                    results["LitServe"] = load(send_ls, args.requests, args.clients, args.timeout)
+                    results["LitServe"] = measured(
+                        proc, lambda: load(send_ls, args.requests, args.clients, args.timeout)
+                    )
             finally:
                 stop(proc)
 
@@ -333,20 +359,32 @@ def main() -> None:
         f"wait {args.max_wait_ms} ms, {os.cpu_count()} CPUs"
     )
     limit = args.requests / results["in-process predictor"][0]
-    print(f"{'target':<24} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'x limit':>8}")
-    for name, (seconds, lat, errors) in results.items():
+    print(
+        f"{'target':<24} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'x limit':>8}"
+        f" {'CPU ms/img':>11} {'CPU x limit':>12}"
+    )
+    limit_cpu = results["in-process predictor"][3] / args.requests
+    for name, (seconds, lat, errors, cpu) in results.items():
         rate = args.requests / seconds
         p50 = statistics.median(lat) * 1000
         p99 = float(np.percentile(lat, 99)) * 1000
-        print(f"{name:<24} {rate:8.1f} {p50:8.1f} {p99:8.1f} {errors:7d} {rate / limit:8.2f}")
+        per = cpu / args.requests
+        print(
+            f"{name:<24} {rate:8.1f} {p50:8.1f} {p99:8.1f} {errors:7d} {rate / limit:8.2f}"
+            f" {per * 1000:11.1f} {per / limit_cpu:12.2f}"
+        )
     if "mlflow models serve" in results:
         ours = args.requests / results["food-assets serve"][0]
         theirs = args.requests / results["mlflow models serve"][0]
         print(f"food-assets serve / mlflow models serve: {ours / theirs:.2f}x")
+        cpu_ratio = results["mlflow models serve"][3] / results["food-assets serve"][3]
+        print(f"CPU per image, mlflow models serve / food-assets serve: {cpu_ratio:.2f}x")
     if "LitServe" in results:
         ours = args.requests / results["food-assets serve"][0]
         lit = args.requests / results["LitServe"][0]
         print(f"food-assets serve / LitServe: {ours / lit:.2f}x")
+        cpu_ratio = results["LitServe"][3] / results["food-assets serve"][3]
+        print(f"CPU per image, LitServe / food-assets serve: {cpu_ratio:.2f}x")
 
 
 if __name__ == "__main__":
