@@ -55,6 +55,7 @@ ASSET_MODULES = [
     "food_assets.assets.evaluation",
     "food_assets.assets.explain",
     "food_assets.assets.export",
+    "food_assets.assets.batch",  # batch_predictions: the champion scores each drop of photos
 ]
 
 
@@ -107,6 +108,7 @@ def build_definitions(
             registers a model of its own passes `list_models()` after registering it.
     """
     from food_assets import schedules
+    from food_assets.assets import batch
 
     modules = _modules()
     assets = dg.load_assets_from_modules(modules)
@@ -119,9 +121,11 @@ def build_definitions(
         assets=assets,
         asset_checks=checks,
         resources=resources or default_resources(),
-        jobs=schedules.jobs(),
+        # batch_predictions' job and the sensor that notices a new drop of photos live beside
+        # its asset (the schedules module sits beside the assets, not above them).
+        jobs=[*schedules.jobs(), batch.batch_predictions_job],
         schedules=schedules.schedules(),
-        sensors=schedules.sensors(),
+        sensors=[batch.new_drops, *schedules.sensors()],
     )
 
 

@@ -38,7 +38,7 @@ def sensors() -> list[dg.SensorDefinition]:
             target=dg.AssetSelection.assets(LEADERBOARD_ASSET),
             default_status=dg.DefaultSensorStatus.STOPPED,
             description="Rebuild the leaderboard when an evaluation or export updates.",
-        )
+        ),
     ]
 
 

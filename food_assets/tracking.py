@@ -4,11 +4,12 @@ One nested MLflow run per `model_<name>` materialization under dagster-mlflow's 
 Dagster run (ADR 0004), opened and ended by `model_run`: Lightning's own `MLFlowLogger` writes
 the per-epoch curves into it (`ModelRun.loggers()`, nothing else logs per epoch); `ModelRun.log_fit`
 adds the params, numeric metadata, artifacts (bundle, checkpoints, plots, label map, resolved
-config), the logged model with its signature, and registers that model as a new version of
-`food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the `champion` alias
-(`promote_champion` over `choose_champion`, a pure rule; ADR 0012). No Dagster here: the asset
-bodies gather what Dagster knows (check records) and turn links into metadata. `food_assets.ml`
-never imports MLflow; the asset bodies call this module and nothing else about tracking.
+config), the logged model (a pyfunc that takes image bytes), and registers that model as a new
+version of `food_assets.<name>` in the MLflow Model Registry. The leaderboard moves the
+`champion` alias (`promote_champion` over `choose_champion`, a pure rule; ADR 0012). No Dagster
+here: the asset bodies gather what Dagster knows (check records) and turn links into metadata.
+`food_assets.ml` never imports MLflow; the asset bodies call this module and nothing else about
+tracking.
 """
 
 from __future__ import annotations
@@ -158,42 +159,35 @@ def label_map(class_names: Any) -> dict[int, str]:
 
 
 def log_model_with_signature(result: FitResult) -> Any:
-    """The logged model: the network as MLflow's PyTorch flavour, with its input/output
-    signature taken from a real forward pass. Returns MLflow's `ModelInfo`."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
+    """The logged model of a fit (`log_pyfunc_model` on its bundle); MLflow's `ModelInfo`."""
+    return log_pyfunc_model(result.bundle_dir)
 
-    from food_assets.ml.models.bundle import load_bundle
 
-    model, card = load_bundle(result.bundle_dir)
-    size = card.preprocess.input_size
-    x = torch.zeros(1, 3, size, size)
-    with torch.inference_mode():
-        y = model(x)
-    # MLflow 3's default `pt2` format (torch.export) needs an example and loads without
-    # unpickling; the requirements are given so that MLflow does not pip-freeze the venv.
+def log_pyfunc_model(bundle_dir: str | os.PathLike[str]) -> Any:
+    """Log the model as a pyfunc that takes image bytes (`food_assets.server.pyfunc`): the
+    bundle travels as its artifact, so `mlflow.pyfunc.load_model` and `mlflow models serve`
+    answer labels for photos, not logits for pre-normalized tensors (ADR 0022). The
+    requirements are given so that MLflow does not pip-freeze the venv."""
+    from food_assets.server import pyfunc
+
     with warnings.catch_warnings():
-        # MLflow notes that it cannot validate `Any` type hints it finds; the explicit
-        # signature below is what validates inputs.
-        warnings.filterwarnings("ignore", message=".*Any type hint is inferred.*")
-        return mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(x.numpy(), y.numpy()),
-            input_example=x.numpy(),
-            pip_requirements=PIP_REQUIREMENTS,
-        )
+        # MLflow notes type hints it cannot validate; the explicit signature validates inputs.
+        warnings.filterwarnings("ignore", message=".*type hint.*")
+        return pyfunc.log_model(str(bundle_dir), PIP_REQUIREMENTS)
 
 
 def register_version(model_info: Any, result: FitResult, run: Any) -> Any:
+    """A new version of `food_assets.<name>` for a fit's logged model (`register_logged_model`)."""
+    return register_logged_model(model_info, result.card, run)
+
+
+def register_logged_model(model_info: Any, card: Any, run: Any) -> Any:
     """A new version of `food_assets.<name>` for the logged model, with what a consumer needs
     beside the weights as version tags: the label map, the preprocessing, the temperature
     (the card's, 1.0 as trained, until the leaderboard records the evaluation's) and where the
     bundle is among the run's artifacts."""
     import mlflow
 
-    card = result.card
     tags = {
         "model": card.name,
         "label_map": json.dumps(label_map(card.class_names)),

@@ -158,8 +158,17 @@ def test_one_mlflow_run_per_model_with_params_metrics_and_artifacts(graph_run):
             experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
         )
         assert len(logged) == 1
+        # A pyfunc that takes image bytes and answers labels (ADR 0022), not logits.
         info = mlflow.models.get_model_info(f"models:/{logged[0].model_id}")
-        assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4]
+        assert info.flavors.keys() >= {"python_function"}
+        assert info.signature.inputs.to_dict() == [
+            {"type": "binary", "name": "image", "required": True}
+        ]
+        assert {c["name"] for c in info.signature.outputs.to_dict()} == {
+            "label",
+            "probability",
+            "error",
+        }
         label_map = json.loads(
             (data_dir / "artifacts" / f"model_{name}" / "resolved_config.json").read_text()
         )

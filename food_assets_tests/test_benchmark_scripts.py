@@ -58,3 +58,35 @@ def test_int8_variants_times_every_variant_against_fp32() -> None:
     rows = dict(re.findall(r"^  (.+?)\s+[\d.]+ ms\s+([\d.]+)x fp32$", out, re.M))
     assert set(rows) == {"fp32", *module.VARIANTS}, out
     assert rows["fp32"] == "1.00" and all(float(v) > 0 for v in rows.values())
+
+
+def test_serve_load_measures_every_target_with_zero_errors() -> None:
+    """`benchmarks/serve_load.py` at a tiny size: the in-process limit, food-assets serve and
+    `mlflow models serve` each get a row with zero errors, and both ratios print. Breakage
+    caught: a target that no longer starts (its row missing) or answers errors."""
+    out = _run(
+        "benchmarks/serve_load.py",
+        "--model",
+        "custom_cnn",
+        "--requests",
+        "16",
+        "--clients",
+        "2",
+        "--image-size",
+        "64",
+        "48",
+    )
+    rows = dict(
+        re.findall(
+            r"^(in-process predictor|food-assets serve|mlflow models serve)"
+            r"\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)",
+            out,
+            re.M,
+        )
+    )
+    assert rows == {
+        "in-process predictor": "0",
+        "food-assets serve": "0",
+        "mlflow models serve": "0",
+    }, out
+    assert re.search(r"food-assets serve / mlflow models serve: [\d.]+x", out), out

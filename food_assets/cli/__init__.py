@@ -1,5 +1,5 @@
 """`food-assets`: predict with a materialized model, train/evaluate/export through Dagster, list
-models, launch the demo.
+models, launch the demo, serve a model over HTTP.
 
 One module per command group: `launch` (`run`: the whole graph, what `make run` calls),
 `predict`, `models`, `run` (`train`, `evaluate`, `export`, which launch Dagster through
@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from food_assets.cli import demo, launch, models, predict, run
+from food_assets.cli import demo, launch, models, predict, run, serve
 from food_assets.cli.common import EXIT_FAILED, EXIT_USER_ERROR, UserError
 
 __all__ = ["EXIT_FAILED", "EXIT_USER_ERROR", "UserError", "app", "main"]
@@ -66,6 +66,7 @@ for _command in (
     run.evaluate,
     run.export,
     demo.demo,
+    serve.serve,
 ):
     app.command()(_command)
 

@@ -16,7 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from food_assets.ml.data.images import IMAGE_EXTENSIONS, ImageDecodeError
+from food_assets.ml.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    open_image,
+)
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError, ConfigError, DataSourceError
 
@@ -86,6 +91,25 @@ class Predictor:
         if not images:
             return self.predict_tensor(torch.empty(0))
         return self.predict_tensor(torch.stack([self._pipeline.from_image(im) for im in images]))
+
+    def tensor_from_bytes(
+        self, data: bytes, *, name: str = "<upload>", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> torch.Tensor:
+        """One encoded image (a file's bytes, e.g. an HTTP upload) -> a model-ready tensor.
+
+        Decoded by `open_image` (full decode, same RGB rules as every other path), so a bad
+        upload is an `ImageDecodeError` with the same short reasons as a bad file.
+        """
+        image = open_image(
+            name, data=data, draft_size=self.preprocess.resize_size, max_pixels=max_pixels
+        )
+        return self._pipeline.from_image(image)
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The `k` most probable classes of one probability row, best first (ties: class
+        order), as (class name, probability)."""
+        order = np.argsort(-np.asarray(probs), kind="stable")[: max(1, k)]
+        return [(self.class_names[i], float(probs[i])) for i in order]
 
     def predict_paths(
         self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 32
