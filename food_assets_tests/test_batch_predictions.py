@@ -101,7 +101,7 @@ def test_list_drops_takes_sub_folders_with_partition_safe_names(tmp_path):
 
 
 def _materialize(instance, data_dir: Path, drop: str, **config):
-    from food_assets.resources import default_resources
+    from food_assets.definitions import default_resources
 
     resources = default_resources(str(data_dir))
     return dg.materialize(
