@@ -67,6 +67,13 @@ def test_a_tie_goes_to_the_name_that_sorts_first() -> None:
     assert choose_champion(list(reversed(tied))).model == "alpha"
 
 
+def test_a_zero_accuracy_ranks_last_not_first() -> None:
+    """An eligible model at 0.0 (floor 0.0) is the least accurate, not a missing value read as
+    perfect. Breakage seen failing (a mutmut survivor): `-(c.acc or 1.0)` in the sort key."""
+    field = [_c("a_zero", 0.0, floor=0.0), _c("b_half", 0.5), _c("c_low", 0.3, floor=0.2)]
+    assert choose_champion(field).model == "b_half"
+
+
 @pytest.mark.parametrize(
     ("acc", "floor", "eligible"),
     [
@@ -185,6 +192,8 @@ def test_the_default_model_is_the_most_accurate_then_the_first_name() -> None:
     assert catalog.best_model([]) is None
     # A zero accuracy is an accuracy (ranks before unevaluated), not "missing".
     assert catalog.best_model([_entry("a_none", None), _entry("zero", 0.0)]).name == "zero"
+    # ... and the least accurate one (mutmut survivor `-(m.accuracy or 1.0)`).
+    assert catalog.best_model([_entry("a_zero", 0.0), _entry("b", 0.5)]).name == "b"
 
 
 def test_accuracy_reads_only_finite_numbers() -> None:
