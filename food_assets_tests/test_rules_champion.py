@@ -154,13 +154,38 @@ def test_the_leaderboard_plot_axis_follows_the_majority_of_scored_models() -> No
     assert axis([{"model": "a", "acc_top1": 0.5}]) is None
 
 
+def test_the_leaderboard_keeps_extra_columns_text_and_its_own_columns() -> None:
+    """Extra keys become columns after the known ones (also in the Markdown), `test/` is
+    stripped once, the served precision is text ("-" when missing), the index is not a column.
+    Breakages seen failing (mutmut survivors): `key in extra` / `extra.append(None)`,
+    `split("/")` or `rsplit` in `_canonical`, `str(None)` for a missing `serving`, a text
+    column left unconverted (`key == "model"`), `reset_index(drop=False)`."""
+    from food_assets.ml.evaluation.compare import COLUMNS
+
+    result = compare_models(
+        [
+            {"model": "a", "acc_top1": 0.9, "test/per_class/f1": 0.5, "serving": None},
+            {"model": "b", "acc_top1": 0.5, "tta_gain": 0.01, "serving": 8},
+        ]
+    )
+    table = result.table
+    assert list(table.columns) == [*COLUMNS, "per_class/f1", "tta_gain"]
+    assert table["per_class/f1"].tolist()[0] == 0.5 and math.isnan(table["tta_gain"][0])
+    assert table["serving"].tolist() == [None, "8"]
+    header, _, row_a, row_b = result.markdown.splitlines()
+    assert "per_class/f1" in header and "tta_gain" in header
+    cells = [c.strip() for c in row_a.split("|")[1:-1]]
+    assert cells[[h.strip() for h in header.split("|")[1:-1]].index("served")] == "-"
+    assert row_b.split("|")[-2].strip() == "0.01"
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([], "at least one"),
+        ([], "^compare_models needs at least one evaluated model; got none$"),
         ([{"acc_top1": 0.5}], "no 'model' name"),
         ([{"model": "a"}, {"model": "a"}], "appears twice"),
-        ([{"model": "a", "acc_top1": "high"}], "acc_top1 must be a number"),
+        ([{"model": "a", "acc_top1": "high"}], "^model 'a': acc_top1 must be a number"),
     ],
 )
 def test_the_leaderboard_refuses_bad_rows(rows, message) -> None:
