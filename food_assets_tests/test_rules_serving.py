@@ -195,3 +195,98 @@ def test_decide_names_the_reason_of_each_outcome() -> None:
         "auto: fp32, int8 was not faster (1.00x fp32 at batch 1)"
     )
     assert decide("fp32", ratio=0.5, **args) == ("fp32", "fp32 requested")
+
+
+# -- what mutmut found (#22): messages, odd files, the leaderboard's fallbacks --------------------
+
+
+def test_every_refusal_names_its_reason_and_the_fix(tmp_path) -> None:
+    """The exact words a user reads. Breakage seen failing (mutmut survivors): the gate's
+    description or its default dropped, the "never gated" reason altered, the fix text
+    altered or None, the precision choices' explanation altered."""
+    from food_assets.ml.inference.serving import check_precision
+
+    assert int8_status({"gate": "yes"}, None) == (
+        False, "it was never gated (no accuracy gate in its record)",
+    )  # fmt: skip
+    assert int8_status({"gate": {"passed": False, "description": "agreement 90 %"}}, None)[1] == (
+        "it failed its accuracy gate (agreement 90 %)"
+    )
+    assert int8_status({"gate": {"passed": False}}, None)[1] == (
+        "it failed its accuracy gate (no details)"
+    )
+    assert int8_status({"gate": {"passed": True, "description": "ok"}}, None)[1] == (
+        "passed its accuracy gate (ok)"
+    )
+    assert int8_status({"gate": {"passed": True}}, None)[1] == "passed its accuracy gate ()"
+    fix = "re-materialize onnx_<name> (int8 is on by default)"
+    for precision, fp32 in (("fp32", False), ("auto", False), ("int8", True)):
+        with pytest.raises(ConfigError) as info:
+            decide(precision, has_fp32=fp32, int8_ok=False, int8_why="w", ratio=None)
+        assert fix in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        check_precision("bf16")
+    assert str(info.value) == (
+        "precision must be one of auto, fp32, int8, not 'bf16' (auto: int8 when it passed its "
+        "accuracy gate and was measured faster, else fp32)"
+    )
+    # int8 alone, never timed: served with no speed in the reason.
+    assert decide("auto", has_fp32=False, int8_ok=True, int8_why="w", ratio=None) == (
+        "int8", "auto: int8 w",
+    )  # fmt: skip
+
+
+def test_verdict_words_in_the_models_table(tmp_path) -> None:
+    """`auto_label`'s few words for a record without anything in it, and a lone int8 file that
+    passed but was never timed. Breakage seen failing: the "never gated" word altered, the
+    bare "int8" label altered or replaced by a ratio."""
+    empty = _export(tmp_path / "empty", {})
+    assert auto_label(empty) == "fp32 (int8 never gated)"
+    lone = _export(tmp_path / "lone", _record(None), fp32=False)
+    assert auto_label(lone) == "int8"
+
+
+def test_odd_files_in_an_export_folder(tmp_path) -> None:
+    """A hidden leftover is not an export; an fp32 file named directly without a twin serves
+    fp32; an int8 twin with broken metadata is refused naming that file; the metadata is read
+    without the external weights. Breakage seen failing: hidden files counted ("holds 2"), a
+    missing twin treated as present, the error's `source` dropped. (`load_external_data=True`
+    survives this: onnx does not raise for a missing data file; listed as equivalent.)"""
+    import shutil
+
+    folder = _export(tmp_path / "a")
+    shutil.copy(folder / "model.onnx", folder / ".model.onnx.tmp-1.onnx")
+    assert choose_export(folder).path.name == "model.onnx"
+    assert choose_export(folder / "model.onnx").precision == "fp32"
+
+    broken = _export(tmp_path / "b", _record(0.5))
+    proto = onnx.load(str(broken / "model_int8.onnx"))
+    keep = [p for p in proto.metadata_props if p.key.endswith("precision")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.save(proto, str(broken / "model_int8.onnx"))
+    with pytest.raises(CheckpointError, match=r"model_int8\.onnx: metadata lacks"):
+        choose_export(broken)
+
+    external = tmp_path / "c"
+    external.mkdir()
+    proto = onnx.load(str(_export(tmp_path / "d") / "model.onnx"))
+    onnx.save_model(proto, str(external / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)  # fmt: skip
+    (external / "w.bin").unlink()  # props are readable without the weights
+    assert choose_export(external).precision == "fp32"
+
+
+def test_the_leaderboard_without_an_int8_record_or_an_int8_timing() -> None:
+    """No record: fp32 whatever the timings; no int8 timing: the record's ratio decides;
+    nothing exported: the eager latency. Breakage seen failing: (True, ...) for a missing
+    record, `int8 / fp32` with int8 missing, the record ignored, `served` used when None."""
+    out = latency_summary(_rows(10.0, 4.0), None)
+    assert (out["serving"], out["latency_ms"]) == ("fp32", 10.0)
+    fp32_only = [r for r in _rows(10.0, 4.0) if r["backend"] != "onnxruntime_int8"]
+    out = latency_summary(fp32_only, _record(0.5))
+    assert out["serving"] == "int8" and out["ort_int8_ms_b1"] is None
+    assert out["latency_ms"] == 40.0  # int8 served but not timed here: eager's, never None
+    eager_only = [r for r in _rows(10.0, 4.0) if r["backend"] == "eager"]
+    out = latency_summary(eager_only, None)
+    assert (out["serving"], out["latency_ms"]) == (None, 40.0)
