@@ -253,5 +253,8 @@ def test_the_demo_and_predict_default_to_the_same_best_model_on_disk(data_dir) -
     assert catalog.best_model(found).name == "c_tie"
     service = DemoService(data_dir)
     assert service.default_model == "c_tie"
-    # A named model overrides the rule.
+    # No model at all: no default (and no error); a named model overrides the rule.
+    empty = data_dir / "empty"
+    empty.mkdir()
+    assert DemoService(empty).default_model is None
     assert DemoService(data_dir, default_model="a_low").default_model == "a_low"

@@ -126,3 +126,21 @@ def test_the_top3_probabilities_are_the_networks_softmax(data: Path, tmp_path: P
     result = DemoService(data).predict(path, MODEL)
     assert list(result.top) == [CLASSES[i] for i in order]
     np.testing.assert_allclose(list(result.top.values()), probs[order], rtol=1e-4)
+
+
+def test_the_answer_says_which_model_and_no_overlay_without_a_bundle(data: Path, tmp_path) -> None:
+    """The info box names the model that answered; an ONNX export alone answers with no overlay
+    (None, not an empty value) and says why. Breakages seen failing (mutmut survivors):
+    `info=None` or `describe(None)` in `_classify`, `overlay = ""` as the no-CAM value."""
+    from food_assets.ml.export import export_onnx
+
+    path = _photo(tmp_path / "p.png", 6)
+    result = DemoService(data).predict(path, MODEL)
+    assert f"**Model:** `{MODEL}` (PyTorch bundle)" in result.info
+    assert "**Test top-1 accuracy:** unknown" in result.info
+    model, card = load_bundle(catalog.bundle_path(MODEL, data))
+    onnx_only = tmp_path / "onnx_only"
+    export_onnx(model, card, catalog.onnx_path(MODEL, onnx_only))
+    answer = DemoService(onnx_only).predict(path, MODEL)
+    assert answer.ok and answer.overlay is None
+    assert "Grad-CAM needs the trained-model bundle" in answer.info
