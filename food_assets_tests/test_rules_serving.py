@@ -225,6 +225,9 @@ def test_every_refusal_names_its_reason_and_the_fix(tmp_path) -> None:
             decide(precision, has_fp32=fp32, int8_ok=False, int8_why="w", ratio=None)
         assert fix in str(info.value)
     with pytest.raises(ConfigError) as info:
+        decide("fp32", has_fp32=False, int8_ok=True, int8_why="w", ratio=None)
+    assert str(info.value) == f"there is no fp32 export here; {fix}, or use --precision auto"
+    with pytest.raises(ConfigError) as info:
         check_precision("bf16")
     assert str(info.value) == (
         "precision must be one of auto, fp32, int8, not 'bf16' (auto: int8 when it passed its "
@@ -242,6 +245,7 @@ def test_verdict_words_in_the_models_table(tmp_path) -> None:
     bare "int8" label altered or replaced by a ratio."""
     empty = _export(tmp_path / "empty", {})
     assert auto_label(empty) == "fp32 (int8 never gated)"
+    assert int8_status(None, None) == (False, "it carries no int8 record")
     lone = _export(tmp_path / "lone", _record(None), fp32=False)
     assert auto_label(lone) == "int8"
 
