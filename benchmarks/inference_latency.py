@@ -11,6 +11,12 @@ GMACs x 2 / time, against peaks measured in the same run: a large fp32 matmul (t
 bf16 matmul (torch) and a large int8 matmul through ONNX Runtime's own int8 GEMM
 (`MatMulInteger`, uint8 x int8 -> int32, the kernel its QDQ convolutions and matmuls use).
 
+The eager baseline is run the way a competent user would: under `torch.inference_mode()`
+(`measure_latency` times every eager callable inside it) and in both memory layouts, NCHW
+(`eager`) and NHWC (`eager_cl`: the model in `channels_last`, the batch converted to it inside
+the timed call). `eager_tuned_ms` is the faster of the two per row, and `ort_over_tuned_eager`
+(ONNX Runtime fp32 / tuned eager) is the headline "ORT vs eager" ratio.
+
 Both frameworks run under the same threading settings, chosen here before torch is imported
 (libgomp reads `OMP_*` once, when torch loads it): the same number of intra-op threads
 (`--threads`, default the usable cores), one inter-op thread, and the same wait policy
@@ -25,6 +31,7 @@ Both frameworks run under the same threading settings, chosen here before torch 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
@@ -155,6 +162,16 @@ def main(argv: list[str] | None = None):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return self.inner(x)
 
+    class ChannelsLast(torch.nn.Module):
+        """A channels_last copy of the model, fed NHWC (the conversion is part of the call)."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(inner).to(memory_format=torch.channels_last).eval()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
     def build(name: str) -> tuple[torch.nn.Module, Preprocess]:
         """A registry model by name, else a timm model of that name (random weights)."""
         if name in list_models():
@@ -222,7 +239,10 @@ def main(argv: list[str] | None = None):
                     name=name,
                     threads=threads,
                     spinning=spin,
-                    extra_eager={"eager_bf16": Bf16Autocast(model)},
+                    extra_eager={
+                        "eager_cl": ChannelsLast(model),
+                        "eager_bf16": Bf16Autocast(model),
+                    },
                 )
             )
             print(
@@ -257,12 +277,15 @@ def summarise(raw, gmacs: dict, peaks: dict, eager: str, ort_fp32: str, ort_int8
     out = wide[["model", "batch"]].copy()
     columns = {
         eager: ("eager_ms", "fp32"),
+        "eager_cl": ("eager_cl_ms", "fp32"),
         "eager_bf16": ("eager_bf16_ms", "bf16"),
         ort_fp32: ("ort_fp32_ms", "fp32"),
         ort_int8: ("ort_int8_ms", "int8"),
     }
     for backend, (col, _) in columns.items():
         out[col] = wide[backend]
+    out["eager_tuned_ms"] = out[["eager_ms", "eager_cl_ms"]].min(axis=1)
+    out["ort_over_tuned_eager"] = out["ort_fp32_ms"] / out["eager_tuned_ms"]
     out["bf16_over_fp32_eager"] = out["eager_bf16_ms"] / out["eager_ms"]
     out["int8_over_fp32_ort"] = out["ort_int8_ms"] / out["ort_fp32_ms"]
     ops = out["model"].map(gmacs) * 2 * out["batch"]  # GFLOP (or GOP) per call

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,37 @@ def registry_param(name: str, *, slow: bool):
         twin = TOO_BIG_FOR_UNIT_TESTS[name]
         marks.append(pytest.mark.skip(reason=f"same code path as {twin}, too big for CPU tests"))
     return pytest.param(name, id=name, marks=marks)
+
+
+#: docs/ci_skips.md: the skips the CI machine truly cannot avoid (regexes between backticks).
+CI_SKIPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "ci_skips.md"
+
+
+def allowed_ci_skips(doc: Path = CI_SKIPS_DOC) -> list[re.Pattern[str]]:
+    """The skip-reason patterns listed in docs/ci_skips.md (`- `pattern`: why` items)."""
+    return [re.compile(m) for m in re.findall(r"^- `([^`]+)`:", doc.read_text(), re.M)]
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI=true a skip whose reason docs/ci_skips.md does not list fails: a shipped
+    registry entry that lost a property, or a missing dev extra, must not pass quietly."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or os.environ.get("CI") != "true":
+        return
+    reason = skip_reason(report)
+    if not any(p.search(reason) for p in allowed_ci_skips()):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped under CI=true, and docs/ci_skips.md does not list this reason: {reason}"
+        )
 
 
 @pytest.fixture(autouse=True)

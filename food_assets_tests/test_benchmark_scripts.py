@@ -90,3 +90,34 @@ def test_serve_load_measures_every_target_with_zero_errors() -> None:
         "mlflow models serve": "0",
     }, out
     assert re.search(r"food-assets serve / mlflow models serve: [\d.]+x", out), out
+
+
+def test_training_throughput_default_mode_trains_both_sides_in_one_layout() -> None:
+    """Like with like (#22): the bare loop takes the layout Lightning resolves (`auto`, or
+    `--channels-last` on both sides) and the script says which. Breakage caught: the bare loop
+    left in NCHW while Lightning trains NHWC (the script exits: "layouts differ")."""
+    from food_assets.ml.training.compute import channels_last_for
+
+    tiny = ("--steps", "3", "--epochs", "2", "--image-size", "32", "--batch", "8")
+    auto = _run("benchmarks/training_throughput.py", *tiny)
+    want = "NHWC" if channels_last_for("auto", cuda=False) else "NCHW"
+    assert f"layout={want} (channels_last auto, both sides)" in auto, auto
+    assert re.search(r"ratio \(train_model / bare\): [\d.]+ of medians.*target >= 0.95", auto)
+    forced = _run("benchmarks/training_throughput.py", *tiny, "--channels-last")
+    assert "layout=NHWC (channels_last on, both sides)" in forced, forced
+
+
+def test_inference_latency_quick_reports_tuned_eager() -> None:
+    """Breakage caught: the channels_last eager column or the ORT / tuned-eager ratio missing."""
+    out = _run("benchmarks/inference_latency.py", "--quick")
+    header = next(line for line in out.splitlines() if "eager_tuned_ms" in line)
+    for column in ("eager_ms", "eager_cl_ms", "ort_over_tuned_eager", "int8_over_fp32_ort"):
+        assert column in header, header
+
+
+def test_data_loading_headline_is_against_torchvision_io() -> None:
+    """Breakage caught: the headline ratio against PIL again, or PIL's column dropped."""
+    out = _run("benchmarks/data_loading.py", "--images", "6", "--rounds", "1", "--compare", "2")
+    assert re.search(r"ratio food_assets / torchvision.io \(baseline\)\s+[\d.]+x \(target", out)
+    assert re.search(r"ratio food_assets / PIL\s+[\d.]+x$", out, re.M), out
+    assert "PIL open/convert + transform" in out

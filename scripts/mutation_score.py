@@ -44,6 +44,20 @@ SCOPES: dict[str, list[str]] = {
         f"{ONNX}.x?ParityReport?*",  # methods are named xǁParityReportǁ<name>
     ],
     "quality": ["food_assets.ml.quality.*"],
+    # Round 2 (#22): the rules that pick what a user is served, function by function.
+    "champion": ["food_assets.tracking.x_choose_champion__*"],
+    "best_model": ["food_assets.catalog.x_best_model__*"],
+    "compare": [
+        "food_assets.ml.evaluation.compare.x_compare_models__*",
+        "food_assets.ml.evaluation.compare.x__canonical__*",
+        "food_assets.ml.evaluation.compare.x__number__*",
+    ],
+    "serving": ["food_assets.ml.inference.serving.*"],
+    "tta": ["food_assets.ml.evaluation.tta.*"],
+    "demo": [
+        "food_assets.demo.service.x?DemoService?_classify__*",
+        "food_assets.demo.service.x?DemoService?best_model__*",
+    ],
 }
 
 KILLED = {"killed", "timeout"}

@@ -107,8 +107,22 @@ def food_images_raw(
         context.log.warning(f"quarantined {row.path}: {row.reason}")
     return dg.MaterializeResult(
         value=_raw_images_value(config.source, raw),
-        metadata=_raw_metadata(config.source, raw, artifact_store),
+        metadata={**_raw_metadata(config.source, raw, artifact_store), **_source_settings(config)},
     )
+
+
+def _source_settings(config: DataSourceConfig) -> dict[str, Any]:
+    """The settings that decided which images these are, as the metadata reports them (a value
+    the run did not use must never be shown: the sample keys only for the sample source)."""
+    settings: dict[str, Any] = {"max_pixels": config.max_pixels}
+    if config.source == "sample":
+        settings.update(
+            sample_seed=config.sample_seed,
+            sample_num_classes=config.sample_num_classes,
+            sample_images_per_class=config.sample_images_per_class,
+            sample_image_size=config.sample_image_size,
+        )
+    return settings
 
 
 def _raw_images_value(source: str, raw: RawScan) -> RawImages:
@@ -161,8 +175,9 @@ def food_splits(
     """Stratified train/val/test splits, seeded and independent of file listing order; the
     official Food-101 test split is kept as is. Written as Parquet with the class map."""
     with user_errors():
+        manifest = food_images_raw.manifest()
         frame, class_names, dropped = make_splits(
-            food_images_raw.manifest(),
+            manifest,
             val_fraction=config.val_fraction,
             test_fraction=config.test_fraction,
             seed=config.seed,
@@ -170,6 +185,7 @@ def food_splits(
         root = artifact_store.root
         path = artifacts.write_parquet(layout.splits_file(root), frame)
         artifacts.write_json(layout.class_map_file(root), {i: c for i, c in enumerate(class_names)})
+    official = "source_split" in manifest and bool((manifest["source_split"] == "test").any())
     counts = frame.pivot_table(index="label", columns="split", values="path", aggfunc="count")
     counts = counts.reindex(columns=list(SPLITS)).fillna(0).astype(int).reset_index()
     if dropped:
@@ -182,6 +198,9 @@ def food_splits(
             **{f"num_{s}": int((frame["split"] == s).sum()) for s in SPLITS},
             "dropped_train_duplicates_of_test": dropped,
             "seed": config.seed,
+            "val_fraction": config.val_fraction,
+            # The official Food-101 test split is kept as is: the configured fraction was not used.
+            "test_fraction": "official split" if official else config.test_fraction,
             "per_class": md_table(counts, max_rows=101),
             "splits": dg.MetadataValue.path(artifact_store.location(path)),
         },

@@ -228,6 +228,9 @@ def _evaluation_metadata(
         "ece_calibrated": dg.MetadataValue.float(float(s["test/ece_calibrated"])),
         "temperature": dg.MetadataValue.float(float(result.temperature)),
         "num_test_images": len(result.predictions),
+        # What the figures were computed with, read back from the result (not the config).
+        "bootstrap_seed": int(s["bootstrap/seed"]),
+        "bootstrap_resamples": int(s["bootstrap/resamples"]),
         "per_class": md_table(result.per_class, max_rows=101),
         "most_confused_pairs": md_table(result.confused_pairs, max_rows=20),
         "hardest_images": md_table(result.hardest, max_rows=24),
@@ -242,6 +245,7 @@ def _evaluation_metadata(
             f"[{s['test/acc_top1_tta_ci_low']:.3f}, {s['test/acc_top1_tta_ci_high']:.3f}]"
         )
         metadata["tta_time_ratio"] = dg.MetadataValue.float(float(s["tta/time_ratio"]))
+        metadata["tta_views"] = int(s["tta/views"])
     for plot_name, path in result.plots.items():
         metadata[plot_name] = file_ref(path, store)
     for plot_name in PICTURED_PLOTS:  # shown in the UI, not only named (ADR 0024)
