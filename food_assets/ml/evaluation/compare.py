@@ -31,12 +31,19 @@ COLUMNS = (
     "eager_ms_b1",
     "ort_fp32_ms_b1",
     "ort_int8_ms_b1",
+    "ov_fp32_ms_b1",
+    "ov_bf16_ms_b1",
+    "ov_int8_ms_b1",
     "eager_ms_b32",
     "ort_fp32_ms_b32",
     "ort_int8_ms_b32",
+    "ov_fp32_ms_b32",
+    "ov_bf16_ms_b32",
+    "ov_int8_ms_b32",
     "latency_threads",
 )
-#: Columns that hold text, not numbers (which export answers: `fp32` / `int8`).
+#: Columns that hold text, not numbers (which variant answers: `fp32`, `int8`,
+#: `openvino/bf16`, ...).
 TEXT_COLUMNS = ("model", "serving")
 _ALIASES = {"name": "model", "cpu_latency_ms": "latency_ms", "latency_cpu_ms": "latency_ms"}
 _HEADERS = {
@@ -52,9 +59,15 @@ _HEADERS = {
     "eager_ms_b1": "eager b1",
     "ort_fp32_ms_b1": "ORT fp32 b1",
     "ort_int8_ms_b1": "ORT int8 b1",
+    "ov_fp32_ms_b1": "OV fp32 b1",
+    "ov_bf16_ms_b1": "OV bf16 b1",
+    "ov_int8_ms_b1": "OV int8 b1",
     "eager_ms_b32": "eager b32",
     "ort_fp32_ms_b32": "ORT fp32 b32",
     "ort_int8_ms_b32": "ORT int8 b32",
+    "ov_fp32_ms_b32": "OV fp32 b32",
+    "ov_bf16_ms_b32": "OV bf16 b32",
+    "ov_int8_ms_b32": "OV int8 b32",
     "latency_threads": "threads",
 }
 _MISSING = "-"
