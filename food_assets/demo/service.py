@@ -282,7 +282,8 @@ class DemoService:
         kind = "ONNX Runtime" if source and source.suffix == ".onnx" else "PyTorch bundle"
         choice = getattr(loaded.predictor, "choice", None) if loaded else None
         if choice is not None:
-            kind = f"ONNX Runtime {choice.precision}"
+            runtime = "OpenVINO" if getattr(choice, "backend", "") == "openvino" else "ONNX Runtime"
+            kind = f"{runtime} {choice.precision}"
         label = loaded.name if loaded else name
         where = entry.storage.location(source) if entry.storage and source else source
         if entry.registry is not None:
