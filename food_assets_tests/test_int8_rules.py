@@ -86,7 +86,7 @@ def test_serving_rule(precision, has_fp32, ok, ratio, served) -> None:
         ("fp32", False, True, "no fp32 export"),
         ("auto", False, False, "no servable export"),
         ("fp16", True, True, "precision must be one of auto, fp32, bf16, int8, not 'fp16'"),
-        ("bf16", True, True, "bf16 cannot be served: no such variant here"),  # ORT: no bf16
+        ("bf16", True, True, "bf16 export cannot be served: no such variant here"),  # ORT: none
     ],
 )
 def test_serving_rule_errors_name_the_fix(precision, has_fp32, ok, message) -> None:

@@ -237,7 +237,7 @@ def test_decide_variant_picks_the_fastest_servable_and_breaks_ties_to_the_refere
     assert decide_variant("auto", "auto", cands)[0].backend == "onnxruntime"
     assert decide_variant("fp32", "auto", cands)[0].backend == "onnxruntime"  # the tie
     assert decide_variant("auto", "openvino", cands)[0].precision == "fp32"  # measured first
-    with pytest.raises(ConfigError, match="openvino bf16 cannot be served: why"):
+    with pytest.raises(ConfigError, match="openvino bf16 export cannot be served: why"):
         decide_variant("bf16", "openvino", cands)
     with pytest.raises(ConfigError, match="backend must be one of"):
         decide_variant("auto", "tensorrt", cands)

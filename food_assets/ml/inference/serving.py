@@ -134,7 +134,7 @@ def decide_variant(
         if asked == "auto":
             raise ConfigError(f"no servable export here ({whys}); {fix}")
         raise ConfigError(
-            f"{asked} cannot be served: {whys}. Use {other}, or {fix} with another "
+            f"the {asked} export cannot be served: {whys}. Use {other}, or {fix} with another "
             "calibration (its int8 config: method, calibration_images)"
         )
     best = min(servable, key=_speed)  # min keeps the first of equals: VARIANTS order
@@ -142,8 +142,10 @@ def decide_variant(
         return best, f"{best.name} requested; it {best.why}"
     ms = best.ms.get(DECIDING_BATCH)
     speed = f", {ms:.3g} ms at batch {DECIDING_BATCH}" if ms is not None else ""
-    passed_over = [c.name for c in matches if not c.ok]
-    skipped = f"; not served: {', '.join(passed_over)}" if passed_over else ""
+    passed_over = [
+        f"{c.backend} {c.precision} not served ({c.verdict})" for c in matches if not c.ok
+    ]
+    skipped = f"; {', '.join(passed_over)}" if passed_over else ""
     return best, f"{asked}: {best.name}, the fastest that passed its gates{speed}{skipped}"
 
 
