@@ -1,4 +1,4 @@
-"""CPU inference latency per model: eager fp32, eager bf16 autocast, ONNX Runtime fp32 and int8.
+"""CPU inference latency per model: eager fp32 / bf16, ONNX Runtime fp32 / int8, OpenVINO.
 
 Each model (random weights, 101 classes) is exported with `export_onnx`, checked for parity,
 quantized with `quantize_onnx` (static QDQ, per-channel int8 weights, calibrated on random
@@ -22,6 +22,14 @@ Both frameworks run under the same threading settings, chosen here before torch 
 (`--threads`, default the usable cores), one inter-op thread, and the same wait policy
 (`--wait-policy`: `OMP_WAIT_POLICY` for torch, `session.intra_op.allow_spinning` for ORT, set by
 `create_session`).
+
+OpenVINO (when installed) runs the same two files: fp32 and bf16 on the fp32 export, and the
+int8 QDQ export, timed in the same blocks (ov_fp32, ov_bf16, ov_int8). Then the serving rule
+(`serving.decide_variant`) picks what `auto` would serve from these latencies (random weights:
+every variant is treated as gated, which the `onnx_<name>` assets check on real images), and a
+second pass, alternating again, times that served path (`Predictor.predict_array`'s work:
+the runner plus the softmax) against OpenVINO's raw runtime on the same file (a bare
+`CompiledModel` infer request: the limit column) and ORT fp32. CPU model and flags are printed.
 
     .venv/bin/python benchmarks/inference_latency.py            # 4 CNNs, 224 px, batch 1 and 32
     .venv/bin/python benchmarks/inference_latency.py --quick    # dry run: custom_cnn, 64 px
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None):
     apply_threading(threads, args.wait_policy)
 
     import numpy as np
+    import onnx
     import onnxruntime as ort
     import pandas as pd
     import torch
@@ -195,13 +204,14 @@ def main(argv: list[str] | None = None):
         f"get_num_threads()={torch.get_num_threads()}; ORT: intra_op_num_threads={threads}, "
         f"allow_spinning={int(spin)})"
     )
+    print_cpu()
     peaks = measure_peaks(args.peak_n, threads)
     print(
         f"peaks ({args.peak_n}^3 matmul): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
         f"{peaks['bf16']:.0f} GFLOP/s (torch); int8 {peaks['int8']:.0f} GOP/s (ORT MatMulInteger)"
     )
     work = scratch_dir("latency-")
-    frames, gmacs = [], {}
+    frames, served_frames, gmacs = [], [], {}
     t_start = time.perf_counter()
     try:
         for name in args.models:
@@ -224,10 +234,14 @@ def main(argv: list[str] | None = None):
             ]
             proto, _ = quantize_onnx(path, ImageCalibrationReader("input", batches=calib))
             t_prep = time.perf_counter() - t0
+            int8_file = work / f"{name}_int8.onnx"
+            onnx.save_model(proto, str(int8_file))
+            sources = {ORT_FP32: path, ORT_INT8: proto.SerializeToString()}
+            sources.update(openvino_runners(path, int8_file, threads))
             frames.append(
                 measure_latency(
                     model,
-                    {ORT_FP32: path, ORT_INT8: proto.SerializeToString()},
+                    sources,
                     args.size,
                     batch_sizes=tuple(args.batch_sizes),
                     repeats={
@@ -245,6 +259,9 @@ def main(argv: list[str] | None = None):
                     },
                 )
             )
+            served_frames.append(
+                time_served(frames[-1], name, path, int8_file, args, threads, spin)
+            )
             print(
                 f"  {name}: {gmacs[name]:.2f} GMACs, export + quantize {t_prep:.1f}s, fp32 "
                 f"{os.path.getsize(path) / 1e6:.1f} MB / int8 {proto.ByteSize() / 1e6:.1f} MB, "
@@ -255,9 +272,13 @@ def main(argv: list[str] | None = None):
         shutil.rmtree(work, ignore_errors=True)
     raw = pd.concat(frames, ignore_index=True)
     table = summarise(raw, gmacs, peaks, EAGER, ORT_FP32, ORT_INT8)
-    pd.set_option("display.width", 200)
+    pd.set_option("display.width", 250)
     print()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if served_frames and any(f is not None for f in served_frames):
+        served = pd.concat([f for f in served_frames if f is not None], ignore_index=True)
+        print("\nthe path auto serves vs OpenVINO's raw runtime on the same file (second pass):")
+        print(served.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(
         "\n*_peak: GMACs x 2 x batch / median time, as a fraction of the measured peak of the "
         "same precision (eager fp32 and ORT fp32 vs fp32, eager bf16 vs bf16, ORT int8 vs int8)"
@@ -267,6 +288,121 @@ def main(argv: list[str] | None = None):
     if args.csv:
         write_text(args.csv, raw.to_csv(index=False))
     return raw
+
+
+def print_cpu() -> None:
+    """The CPU model and the flags that decide the kernels (lscpu; torch's capabilities)."""
+    import subprocess
+
+    import torch
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = info.get("Flags", "").split()
+    wanted = [f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))]
+    print(f"CPU: {info.get('Model name', '?').strip()}; flags: {' '.join(wanted) or '?'}")
+    caps = torch.backends.cpu.get_cpu_capability()
+    print(f"torch CPU capability: {caps}")
+    try:
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        print(f"openvino {ov.__version__}; CPU plugin capabilities: {', '.join(caps)}")
+    except ImportError:
+        print("openvino: not installed (no OpenVINO columns)")
+
+
+def openvino_runners(fp32_path, int8_path, threads: int) -> dict:
+    """OpenVINO's three variants of the same files as runners (empty without openvino)."""
+    from food_assets.ml.export.openvino_runtime import OpenVinoRunner, cpu_has_bf16, openvino_status
+
+    if not openvino_status()[0]:
+        return {}
+    out = {"openvino_fp32": OpenVinoRunner(fp32_path, "fp32", threads=threads, static=(1, 32))}
+    if cpu_has_bf16():
+        out["openvino_bf16"] = OpenVinoRunner(fp32_path, "bf16", threads=threads, static=(1, 32))
+    out["openvino_int8"] = OpenVinoRunner(int8_path, "int8", threads=threads, static=(1, 32))
+    return out
+
+
+def time_served(rows, name, fp32_path, int8_path, args, threads: int, spin: bool):
+    """What `auto` serves from these measurements (every variant treated as gated), timed as
+    served (runner + softmax) against OpenVINO's raw runtime on the same file and ORT fp32, in
+    one more alternating pass. None without openvino."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+    import pandas as pd
+
+    from food_assets.ml.export.latency import ORT_FP32, ROW_NAMES, measure_latency, median_ms
+    from food_assets.ml.export.openvino_runtime import HINTS, OpenVinoRunner, openvino_status
+    from food_assets.ml.inference.predictor import softmax
+    from food_assets.ml.inference.serving import Candidate, decide_variant
+
+    if not openvino_status()[0]:
+        return None
+    candidates = []
+    for variant, row in ROW_NAMES.items():
+        backend, precision = variant.split("/")
+        ms = median_ms(rows, row, 1)
+        if ms is not None:
+            candidates.append(Candidate(backend, precision, None, True, "", "", {1: ms}))
+    chosen, _ = decide_variant("auto", "auto", candidates)
+    file = int8_path if chosen.precision == "int8" else fp32_path
+    precision = chosen.precision if chosen.backend == "openvino" else "fp32"
+    runner = OpenVinoRunner(file, precision, threads=threads, static=tuple(args.batch_sizes))
+    if chosen.backend == "openvino":
+        served = lambda x: softmax(runner(x))  # noqa: E731
+    else:  # ONNX Runtime serves: its session, as `OnnxPredictor` builds it
+        from food_assets.ml.export.onnx_export import create_session
+
+        session = create_session(file, threads=threads, spinning=spin)
+        served = lambda x: softmax(session.run(None, {"input": x})[0])  # noqa: E731
+    core = ov.Core()
+    config = {
+        props.inference_num_threads: threads,
+        hints.performance_mode: hints.PerformanceMode.LATENCY,
+        props.num_streams: 1,
+        hints.inference_precision: HINTS[precision],
+    }
+    raws = {}
+    for batch in args.batch_sizes:
+        model = core.read_model(str(file))
+        model.reshape({model.input(0).get_any_name(): [batch, 3, args.size, args.size]})
+        raws[batch] = core.compile_model(model, "CPU", config).create_infer_request()
+    frames = []
+    for batch in args.batch_sizes:
+        sources = {"ov_raw": lambda x, r=raws[batch]: r.infer({0: x}), ORT_FP32: fp32_path}
+        sources["served"] = served
+        frames.append(
+            measure_latency(
+                None,
+                sources,
+                args.size,
+                batch_sizes=(batch,),
+                repeats=args.repeats if batch == 1 else args.repeats_large,
+                warmup=args.warmup,
+                name=name,
+                threads=threads,
+                spinning=spin,
+            )  # fmt: skip
+        )
+    timed = pd.concat(frames, ignore_index=True)
+    out = []
+    for batch in args.batch_sizes:
+        raw = median_ms(timed, "ov_raw", batch)
+        ort = median_ms(timed, ORT_FP32, batch)
+        served_ms = median_ms(timed, "served", batch)
+        out.append({
+            "model": name, "batch": batch, "auto_serves": chosen.name,
+            "raw_ov_ms": raw, "served_ms": served_ms, "ort_fp32_ms": ort,
+            "served_over_raw_ov": served_ms / raw if served_ms else None,
+            "served_over_ort_fp32": served_ms / ort if served_ms else None,
+        })  # fmt: skip
+    return pd.DataFrame(out)
 
 
 def summarise(raw, gmacs: dict, peaks: dict, eager: str, ort_fp32: str, ort_int8: str):
@@ -286,6 +422,10 @@ def summarise(raw, gmacs: dict, peaks: dict, eager: str, ort_fp32: str, ort_int8
         out[col] = wide[backend]
     out["eager_tuned_ms"] = out[["eager_ms", "eager_cl_ms"]].min(axis=1)
     out["ort_over_tuned_eager"] = out["ort_fp32_ms"] / out["eager_tuned_ms"]
+    for precision in ("fp32", "bf16", "int8"):  # OpenVINO, when it ran
+        if f"openvino_{precision}" in wide:
+            out[f"ov_{precision}_ms"] = wide[f"openvino_{precision}"]
+            out[f"ov_{precision}_over_ort_fp32"] = out[f"ov_{precision}_ms"] / out["ort_fp32_ms"]
     out["bf16_over_fp32_eager"] = out["eager_bf16_ms"] / out["eager_ms"]
     out["int8_over_fp32_ort"] = out["ort_int8_ms"] / out["ort_fp32_ms"]
     ops = out["model"].map(gmacs) * 2 * out["batch"]  # GFLOP (or GOP) per call

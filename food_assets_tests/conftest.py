@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see food_assets/__init__.py
+os.environ.setdefault("FOOD_ASSETS_OPENVINO_CACHE", "")  # no OpenVINO disk cache under ~
 
 
 #: Registry entries whose code path another entry already covers in the per-model unit tests,

@@ -201,7 +201,7 @@ def test_sample_floors_on_measured_figures():
     measured = _sample_run_accuracies()
     assert {"custom_cnn", "resnet50", "efficientnet_lite0"} <= set(measured), measured
     for model, (acc, low) in measured.items():
-        floor = DEFAULT_ACCURACY_FLOORS["sample"].get(model)
+        floor = get_model_spec(model).accuracy_floors.get("sample")
         if floor is None:
             continue
         assert floor < low, (model, floor, low)

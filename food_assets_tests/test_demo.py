@@ -312,4 +312,4 @@ def test_demo_serves_fp32_without_an_int8_export_and_refuses_int8(
     int8 = demo.DemoService(full_dir, precision="int8").predict(photo, MODEL)
     assert not int8.ok and "int8 export cannot be served" in int8.message
     with pytest.raises(ConfigError, match="precision must be one of"):
-        demo.DemoService(full_dir, precision="bf16")
+        demo.DemoService(full_dir, precision="fp16")

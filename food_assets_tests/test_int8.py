@@ -81,6 +81,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
         latency_repeats={1: 5, 32: 1},
         int8=QuantizeConfig(),
         int8_record_path=out / "int8.json",
+        openvino=False,  # the ONNX Runtime pair alone; OpenVINO's variants: test_openvino.py
     )
     return {"root": root, "splits": splits, "bundle": fit.bundle_dir, "result": result}
 
@@ -271,6 +272,7 @@ def test_int8_off_removes_a_stale_int8_file(sample, tmp_path) -> None:
         parity_path=folder / "parity.json",
         int8=QuantizeConfig(enabled=False),
         int8_record_path=folder / "int8.json",
+        openvino=False,
     )
     assert result.int8_path is None and result.int8_gate is None
     assert sorted(p.name for p in folder.iterdir()) == ["latency.json", "model.onnx", "parity.json"]
@@ -283,7 +285,7 @@ def test_bad_precision_is_a_clear_error(sample) -> None:
     """Breakage caught: an unknown precision accepted (and silently served as auto), or
     reported with a traceback."""
     folder = sample["result"].path.parent
-    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, int8"):
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, int8"):
         load_predictor(folder, precision="fp16")
     out = CliRunner().invoke(
         app, ["predict", str(sample["splits"].frame("test")["path"][0]), "--precision", "fp16"]
@@ -321,15 +323,24 @@ def test_the_onnx_asset_writes_int8_with_its_check_and_the_leaderboard_shows_it(
     table = result.output_for_node("leaderboard").set_index("model")
     row = table.loc[name]
     assert row["ort_int8_ms_b1"] > 0 and row["ort_fp32_ms_b32"] > 0 and row["latency_threads"] >= 1
-    served = "int8" if check.passed and row["ort_int8_ms_b1"] < row["ort_fp32_ms_b1"] else "fp32"
-    assert row["serving"] == served
-    assert row["latency_ms"] == row["ort_int8_ms_b1" if served == "int8" else "ort_fp32_ms_b1"]
-    # `food-assets models` says the same, in its `auto serves` column.
+    # The leaderboard's `served` is the serving rule's choice over every variant that passed
+    # its gate (ONNX Runtime and OpenVINO, ADR 0021), with that variant's latency.
+    from food_assets.ml.inference.serving import describe_variants
+
+    variants = {r["variant"]: r for r in describe_variants(folder)}
+    served = next(v for v, r in variants.items() if r["auto"])
+    assert row["serving"] == (served.split("/")[1] if served.startswith("onnx") else served)
+    passed = [r["ms_b1"] for r in variants.values() if r["verdict"] in ("passed", "reference")]
+    assert row["latency_ms"] == variants[served]["ms_b1"] == min(passed)
+    assert meta["auto_serves"].value == served
+    # `food-assets models` says the same, in its `auto serves` column and variants table.
     out = CliRunner().invoke(app, ["--data-dir", str(graph_run["data_dir"]), "models"],
                              env={"COLUMNS": "200"})  # fmt: skip
     assert out.exit_code == 0, out.output
     line = next(x for x in out.stdout.splitlines() if f" {name} " in x)
     assert f" {served} (" in line, line
+    auto_line = next(x for x in out.stdout.splitlines() if "<- auto" in x)
+    assert served in auto_line, out.stdout
 
 
 @pytest.mark.parametrize("fails_run", [False, True])
@@ -374,7 +385,7 @@ def test_a_broken_calibration_fails_int8_accuracy_and_int8_is_not_served(
         assert not check.passed and "will not be served" in check.description
         with pytest.raises(ConfigError, match="failed its accuracy gate"):
             load_predictor(out, precision="int8")
-        assert load_predictor(out).choice.precision == "fp32"
+        assert load_predictor(out).choice.precision != "int8"  # fp32 or OpenVINO bf16
         materialized = {
             e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
         }
@@ -384,7 +395,7 @@ def test_a_broken_calibration_fails_int8_accuracy_and_int8_is_not_served(
         else:
             assert check.severity == dg.AssetCheckSeverity.WARN and result.success
             table = result.output_for_node("leaderboard").set_index("model")
-            assert table.loc[name, "serving"] == "fp32"
+            assert "int8" not in table.loc[name, "serving"]
     finally:
         shutil.rmtree(out)
         backup.rename(out)

@@ -85,7 +85,8 @@ def test_serving_rule(precision, has_fp32, ok, ratio, served) -> None:
         ("int8", True, False, "cannot be served: why.*--precision fp32"),
         ("fp32", False, True, "no fp32 export"),
         ("auto", False, False, "no servable export"),
-        ("bf16", True, True, "precision must be one of auto, fp32, int8, not 'bf16'"),
+        ("fp16", True, True, "precision must be one of auto, fp32, bf16, int8, not 'fp16'"),
+        ("bf16", True, True, "bf16 export cannot be served: no such variant here"),  # ORT: none
     ],
 )
 def test_serving_rule_errors_name_the_fix(precision, has_fp32, ok, message) -> None:

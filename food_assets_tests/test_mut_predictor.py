@@ -355,9 +355,11 @@ def test_load_predictor_forwards_keyword_arguments(bundle, tmp_path: Path, monke
     load_predictor(tmp_path, providers=["CPUExecutionProvider"])
     assert calls == [
         ("torch", bundle[0], {"device": "cuda"}),
-        ("onnx", onnx_file, {"threads": 2}),
-        ("onnx", onnx_file, {"providers": ["CPUExecutionProvider"]}),
-    ]
+        # the serving rule's variant (backend, precision) travels with the caller's keywords
+        ("onnx", onnx_file, {"backend": "onnxruntime", "precision": "fp32", "threads": 2}),
+        ("onnx", onnx_file, {"backend": "onnxruntime", "precision": "fp32",
+                             "providers": ["CPUExecutionProvider"]}),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ["two", "none", "missing", "other_file"])
@@ -492,7 +494,7 @@ def test_load_predictor_passes_the_precision_to_the_serving_rule(tmp_path: Path)
         assert (p.choice.precision, p.precision, p.model_name) == (chosen, chosen, name)
         assert p.choice.path.name == ("model_int8.onnx" if chosen == "int8" else "model.onnx")
         assert load_predictor(folder / "model.onnx", precision=precision).model_name == name
-    with pytest.raises(ConfigError, match="must be one of auto, fp32, int8"):
+    with pytest.raises(ConfigError, match="must be one of auto, fp32, bf16, int8"):
         load_predictor(folder, precision="fp16")
 
 

@@ -445,6 +445,7 @@ def _latency_columns(store: ArtifactStore, name: str) -> dict[str, Any]:
     here (a no-op for a local root)."""
     import json
 
+    from food_assets.ml.export.variants import VARIANTS_JSON
     from food_assets.ml.inference.serving import latency_summary
 
     def read(path: Path) -> Any:
@@ -456,6 +457,10 @@ def _latency_columns(store: ArtifactStore, name: str) -> dict[str, Any]:
 
     rows = read(layout.latency_file(store.root, name))
     record = read(layout.int8_record_file(store.root, name))
+    # The OpenVINO variants' gates (ADR 0021), written beside latency.json by onnx_<name>.
+    variants = read(layout.latency_file(store.root, name).with_name(VARIANTS_JSON))
     return latency_summary(
-        rows if isinstance(rows, list) else None, record if isinstance(record, dict) else None
+        rows if isinstance(rows, list) else None,
+        record if isinstance(record, dict) else None,
+        variants if isinstance(variants, dict) else None,
     )

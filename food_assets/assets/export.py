@@ -62,6 +62,11 @@ class ExportConfig(dg.Config):
     int8: Int8Config = Field(  # type: ignore[valid-type]
         default_factory=Int8Config, description="the int8 export (static quantization)"
     )
+    openvino: bool = Field(
+        default=True,
+        description="also gate and time the OpenVINO variants (fp32, bf16, int8) of the same "
+        "files, so the serving rule may pick them (ADR 0021); skipped where openvino is absent",
+    )
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,7 @@ def build_export_asset(name: str) -> list:
                 int8_record_path=layout.int8_record_file(root, name),
                 int8_min_agreement=quality.int8_min_agreement,
                 int8_max_drop_points=quality.int8_max_drop_points,
+                openvino=config.openvino,
             )
         value = OnnxExport(
             name, result.path, result.parity.to_dict(), result.latency_path, result.int8_path
@@ -194,7 +200,22 @@ def _export_metadata(result: "ExportResult", store: ArtifactStore) -> dict[str, 
             f"{q['activations']} activations"
         )
         metadata["int8_gate_passed"] = bool(result.int8_gate and result.int8_gate.passed)
+    metadata.update(_serving_metadata(result.path))
     return metadata
+
+
+def _serving_metadata(path: Path) -> dict[str, Any]:
+    """Every serving variant's gate verdict and batch-1 latency, and what `auto` serves."""
+    from food_assets.ml.inference.serving import describe_variants
+
+    rows = describe_variants(path)
+    served = next((r["variant"] for r in rows if r["auto"]), "nothing")
+    cells = {
+        f"variant {r['variant']}": r["verdict"]
+        + (f", {r['ms_b1']:.2f} ms b1" if r["ms_b1"] is not None else "")
+        for r in rows
+    }
+    return {"auto_serves": served, **cells}
 
 
 def int8_check_result(result: "ExportResult", quality: QualityGates) -> dg.AssetCheckResult:

@@ -37,6 +37,7 @@ def models(ctx: typer.Context) -> None:
             f"{acc:.3f}" if isinstance(acc, int | float) else "-",
         )
     stdout_console().print(table)
+    _print_variants(found)
     default = _default(found, storage, data_dir(ctx))
     if default is not None:
         typer.echo(f"Default for `predict` and the demo: {default.model.name} ({default.how}).")
@@ -71,6 +72,38 @@ def _served(onnx_path) -> str:
         return auto_label(onnx_path)
     except FoodAssetsError as exc:
         return f"unreadable ({type(exc).__name__})"
+
+
+def _print_variants(found) -> None:
+    """One table of every exported model's serving variants: gate verdict, latency at batch 1
+    and 32 (measured together at export) and which one `auto` serves (the serving rule)."""
+    from food_assets.ml.errors import FoodAssetsError
+    from food_assets.ml.inference.serving import describe_variants
+
+    table = Table(title="serving variants (latency: ms per call, measured at export)",
+                  title_justify="left")  # fmt: skip
+    for col in ("model", "variant", "gate", "b1 ms", "b32 ms", "auto"):
+        table.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for name in sorted(found):
+        m = found[name]
+        if not m.onnx_path:
+            continue
+        try:
+            rows = describe_variants(m.onnx_path)
+        except FoodAssetsError as exc:
+            table.add_row(name, "-", f"unreadable ({type(exc).__name__})", "-", "-", "")
+            continue
+        for r in rows:
+            table.add_row(
+                name,
+                r["variant"],
+                r["verdict"],
+                f"{r['ms_b1']:.2f}" if r["ms_b1"] is not None else "-",
+                f"{r['ms_b32']:.2f}" if r["ms_b32"] is not None else "-",
+                "<- auto" if r["auto"] else "",
+            )
+    if table.row_count:
+        stdout_console().print(table)
 
 
 def _champion(root) -> str | None:

@@ -43,7 +43,16 @@ class Precision(StrEnum):
 
     auto = "auto"
     fp32 = "fp32"
+    bf16 = "bf16"
     int8 = "int8"
+
+
+class Backend(StrEnum):
+    """Which runtime answers (`food_assets.ml.inference.serving.BACKENDS`)."""
+
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 @user_errors
@@ -82,11 +91,19 @@ def predict(
         Precision,
         typer.Option(
             "--precision",
-            help="Which ONNX export answers: auto (int8 when it passed its accuracy gate and "
-            "was measured faster, else fp32), fp32, or int8 (an error if it is absent or failed "
-            "its gate).",
+            help="Which precision answers: auto (the fastest variant that passed its accuracy "
+            "gate, as measured at export), fp32, bf16 (OpenVINO) or int8 (an error if it is "
+            "absent or failed its gate).",
         ),
     ] = Precision.auto,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend",
+            help="Which runtime answers: auto (the fastest that passed its gates), onnxruntime "
+            "(portable) or openvino.",
+        ),
+    ] = Backend.auto,
 ) -> None:
     """Top-k food classes with probabilities for image files and folders.
 
@@ -102,7 +119,9 @@ def predict(
         raise UserError("pass either --model or --from, not both")
     # List the files before loading the model: a missing path is reported at once.
     files = _list_image_files(paths)
-    predictor = _load_predictor(_resolve_model(ctx, model, from_path), precision.value)
+    predictor = _load_predictor(
+        _resolve_model(ctx, model, from_path), precision.value, backend.value
+    )
     results = predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)
     n_ok, n_bad = _write_results(_with_progress(results, len(files)), fmt)
     summary = f"predicted {n_ok} of {len(files)} file(s)"
@@ -126,13 +145,15 @@ def _list_image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _load_predictor(resolved: Resolved, precision: str = "auto") -> Predictor:
+def _load_predictor(
+    resolved: Resolved, precision: str = "auto", backend: str = "auto"
+) -> Predictor:
     """Load what `_resolve_model` chose and say on stderr which model (and file) answers, and,
     for the default, why that model (the champion, or the fallback when there is none)."""
     from food_assets import catalog
 
     choice = resolved.model
-    predictor = catalog.load_predictor(choice, precision=precision)
+    predictor = catalog.load_predictor(choice, precision=precision, backend=backend)
     if choice.registry is not None:
         found = choice.registry
         where = f"{found.uri}: version {found.version}, run {found.run_id}"
@@ -148,6 +169,7 @@ def _load_predictor(resolved: Resolved, precision: str = "auto") -> Predictor:
     served = getattr(predictor, "choice", None)
     if served is not None:
         err.print(f"precision: {served.precision} ({served.reason})", soft_wrap=True, markup=False)
+        err.print(f"backend: {served.backend}", markup=False)
     return predictor
 
 

@@ -261,7 +261,8 @@ class DemoService:
         is_onnx = choice is not None if loaded else entry.onnx_path is not None
         kind = "ONNX Runtime" if is_onnx else "PyTorch bundle"
         if choice is not None:
-            kind = f"ONNX Runtime {choice.precision}"
+            runtime = "OpenVINO" if getattr(choice, "backend", "") == "openvino" else "ONNX Runtime"
+            kind = f"{runtime} {choice.precision}"
         label = loaded.name if loaded else name
         where = entry.storage.location(source) if entry.storage and source else source
         if entry.registry is not None:

@@ -129,9 +129,10 @@ def check_int8_gate(
     *,
     min_agreement: float,
     max_drop_points: float,
+    variant: str = "int8",
 ) -> CheckOutcome:
-    """May the int8 export stand in for the fp32 one? Top-1 predictions of both on the same
-    test images, and the true labels.
+    """May the int8 export (or another `variant`, e.g. `openvino/bf16`) stand in for the fp32
+    one? Top-1 predictions of both on the same test images, and the true labels.
 
     Passes when the share of images where both give the same top-1 class is at least
     `min_agreement` (e.g. 0.99) and int8's top-1 accuracy is at most `max_drop_points`
@@ -158,12 +159,12 @@ def check_int8_gate(
     return CheckOutcome(
         passed=bool(passed),
         description=f"top-1 agreement {agreement:.2%} (min {min_agreement:.2%}), accuracy "
-        f"{acc_int8:.2%} int8 vs {acc_fp32:.2%} fp32 (drop {drop:+.2f} points, max "
+        f"{acc_int8:.2%} {variant} vs {acc_fp32:.2%} fp32 (drop {drop:+.2f} points, max "
         f"{max_drop_points:g}) on {n} test images",
         metadata={
             "top1_agreement": agreement,
             "acc_top1_fp32": acc_fp32,
-            "acc_top1_int8": acc_int8,
+            "acc_top1_int8" if variant == "int8" else "acc_top1_variant": acc_int8,
             "drop_points": drop,
             "n_images": n,
             **thresholds,

@@ -11,22 +11,25 @@ Runtime fp32 and int8 CPU latency in one process. `check_bundle_parity` is also 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from food_assets.ml.artifacts import write_json
+from food_assets.ml.artifacts import scratch_dir, write_json
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError
 
 # The module, not its functions: callers (and tests) may substitute `onnx_export.export_onnx`.
-from food_assets.ml.export import onnx_export, quantize
-from food_assets.ml.export.latency import ORT_FP32, ORT_INT8, measure_latency, median_ms
+from food_assets.ml.export import onnx_export, quantize, variants
+from food_assets.ml.export.latency import ORT_FP32, ORT_INT8, ROW_NAMES, measure_latency, median_ms
 from food_assets.ml.export.onnx_export import PARITY_ATOL, ParityReport
+from food_assets.ml.export.openvino_runtime import openvino_status
 from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models.bundle import ModelCard, load_bundle
 from food_assets.ml.quality import CheckOutcome
@@ -114,6 +117,8 @@ def export_bundle(
     int8_record_path: Path | None = None,
     int8_min_agreement: float = INT8_MIN_AGREEMENT,
     int8_max_drop_points: float = INT8_MAX_DROP_POINTS,
+    openvino: bool = True,
+    variant_gates: Mapping[str, tuple[float, float]] | None = None,
 ) -> ExportResult:
     """Export the bundle to ONNX, check parity, quantize to int8 and gate it, and measure eager
     vs ONNX Runtime (fp32, int8) latency.
@@ -135,7 +140,13 @@ def export_bundle(
         int8: how to quantize; None or `enabled=False` writes no int8 file (and removes a stale
             one from an earlier export, so it can never be served next to a newer fp32 file).
         int8_record_path: where the int8 record goes (JSON) besides the file's metadata.
-        int8_min_agreement, int8_max_drop_points: the int8 gate (`check_int8_gate`).
+        int8_min_agreement, int8_max_drop_points: the int8 gate (`check_int8_gate`); OpenVINO
+            on the int8 file gets the same.
+        openvino: also gate and time the OpenVINO variants (fp32, bf16, int8) and record them
+            in the fp32 file (`ml/export/variants.py`); skipped, and said so in the record,
+            where openvino is not installed.
+        variant_gates: (min agreement, max drop) per OpenVINO precision; default
+            `variants.DEFAULT_GATES`.
 
     Raises:
         CheckpointError: unreadable bundle, a model that cannot be exported or quantized, or an
@@ -157,21 +168,27 @@ def export_bundle(
         for stale in (target, int8_record_path):
             if stale is not None:
                 Path(stale).unlink(missing_ok=True)
-    latency = None
-    if latency_path is not None:
-        sources: dict[str, Path | bytes] = {ORT_FP32: path}
-        if proto is not None:
-            sources[ORT_INT8] = proto.SerializeToString()
-        latency = measure_latency(
-            net,
-            sources,
-            card.preprocess.input_size,
-            batch_sizes=tuple(latency_repeats),
-            repeats=latency_repeats,
-            warmup=latency_warmup,
-            name=name or card.name,
-        )
-        latency_path = write_json(latency_path, latency.to_dict(orient="records"))
+    work = scratch_dir("variants-")
+    try:
+        ov_variants, ov_gates = [], {}
+        if openvino and openvino_status()[0]:
+            ov_variants, ov_gates = _gate_openvino(
+                path, proto, work, card, splits, int8, variant_gates,
+                (int8_min_agreement, int8_max_drop_points),
+            )  # fmt: skip
+        latency = _measure(net, path, proto, ov_variants, card, latency_path, latency_repeats,
+                           latency_warmup, name)  # fmt: skip
+        if ov_variants:
+            rows = latency if latency is not None else pd.DataFrame()
+            timed = {
+                variant: {int(b): ms for b in (1, 32) if (ms := median_ms(rows, row, b))}
+                for variant, row in ROW_NAMES.items()
+            }
+            threads = int(rows["threads"].iloc[0]) if len(rows) else None
+            ov_record = variants.variants_record(ov_variants, ov_gates, timed, threads=threads)
+            variants.stamp_variants(path, ov_record)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     int8_file = None
     if proto is not None and record is not None:
         record = {**record, "gate": quantize.gate_record(gate), "latency": _int8_latency(latency)}
@@ -182,6 +199,63 @@ def export_bundle(
     return ExportResult(
         path, card, parity, parity_path, latency, latency_path, int8_file, record, gate
     )
+
+
+def _measure(net, path, proto, ov_variants, card, latency_path, repeats, warmup, name):
+    """Eager, ONNX Runtime fp32 / int8 and every offered OpenVINO variant, timed together."""
+    latency = None
+    if latency_path is not None:
+        sources: dict[str, Any] = {ORT_FP32: path}
+        if proto is not None:
+            sources[ORT_INT8] = proto.SerializeToString()
+        for v in ov_variants:
+            if v.run is not None:
+                sources[ROW_NAMES[v.name]] = v.run
+        latency = measure_latency(
+            net,
+            sources,
+            card.preprocess.input_size,
+            batch_sizes=tuple(repeats),
+            repeats=repeats,
+            warmup=warmup,
+            name=name or card.name,
+        )
+        latency_path = write_json(latency_path, latency.to_dict(orient="records"))
+    return latency
+
+
+def _gate_openvino(path, proto, work, card, splits, int8, variant_gates, int8_gate):
+    """The OpenVINO variants (the int8 one on a scratch copy of the int8 model, whose graph is
+    the one the int8 file will hold) and their gates against ONNX Runtime fp32."""
+    import onnx
+
+    from food_assets.ml.export.metadata import graph_sha256
+
+    shas = {"fp32": _graph_sha(path)}
+    int8_scratch = None
+    if proto is not None:
+        int8_scratch = work / "int8.onnx"
+        onnx.save_model(proto, str(int8_scratch))
+        shas["int8"] = graph_sha256(proto.graph)
+    found = variants.openvino_variants(path, int8_scratch, shas)
+    thresholds = {**variants.DEFAULT_GATES, **(variant_gates or {}), "int8": int8_gate}
+    runners = {v.name: v.run for v in found if v.run is not None}
+    config = int8 or QuantizeConfig()
+    gates = variants.evaluate_variant_gates(
+        path, runners, splits, card.class_names, card.preprocess,
+        thresholds={f"openvino/{p}": t for p, t in thresholds.items()},
+        n_images=config.gate_images, seed=config.seed,
+    )  # fmt: skip
+    return found, gates
+
+
+def _graph_sha(path: Path) -> str:
+    import onnx
+
+    from food_assets.ml.export.metadata import K_GRAPH_SHA
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props[K_GRAPH_SHA]
 
 
 def _quantize_and_gate(

@@ -28,8 +28,16 @@ LATENCY_COLUMNS = [
 ]  # fmt: skip
 #: Backend names in latency rows: eager PyTorch, ONNX Runtime on the fp32 and the int8 export.
 EAGER, ORT_FP32, ORT_INT8 = "eager", "onnxruntime", "onnxruntime_int8"
+#: The backend name in latency rows of each serving variant (`backend/precision`).
+ROW_NAMES = {
+    "onnxruntime/fp32": ORT_FP32,
+    "onnxruntime/int8": ORT_INT8,
+    "openvino/fp32": "openvino_fp32",
+    "openvino/bf16": "openvino_bf16",
+    "openvino/int8": "openvino_int8",
+}
 
-OnnxSource = str | os.PathLike[str] | bytes
+OnnxSource = str | os.PathLike[str] | bytes | Callable[[Any], Any]
 
 
 def _per_batch(value: int | Mapping[int, int], batch: int) -> int:
@@ -69,7 +77,8 @@ def measure_latency(
             mode are restored afterwards); None times the ONNX files alone.
         onnx_path: its ONNX export (a path or the file's bytes), timed as backend
             `onnxruntime`; or a mapping backend name -> export, e.g. `{ORT_FP32: fp32_path,
-            ORT_INT8: int8_bytes}`, to time several exports of the model in the same blocks.
+            ORT_INT8: int8_bytes}`, to time several exports of the model in the same blocks; a
+            value may also be a callable runner (an OpenVINO variant: batch -> logits).
         input_size: spatial size of the random input (the export's size).
         batch_sizes: batch sizes to time.
         repeats: timed calls per backend and batch; a mapping gives one count per batch size
@@ -90,7 +99,7 @@ def measure_latency(
     threads = threads or default_threads()
     sources = onnx_path if isinstance(onnx_path, Mapping) else {ORT_FP32: onnx_path}
     sessions = {
-        backend: create_session(src, threads=threads, spinning=spinning)
+        backend: src if callable(src) else create_session(src, threads=threads, spinning=spinning)
         for backend, src in sources.items()
     }
     prev_threads = torch.get_num_threads()
@@ -134,7 +143,10 @@ def _time_backends(
     for backend, fn in extra_eager.items():
         calls[backend] = (fn, (x,))
     for backend, session in sessions.items():
-        calls[backend] = (session.run, (None, {session.get_inputs()[0].name: x.numpy()}))
+        if callable(session):  # a runner (OpenVINO): float32 batch -> logits
+            calls[backend] = (session, (x.numpy(),))
+        else:
+            calls[backend] = (session.run, (None, {session.get_inputs()[0].name: x.numpy()}))
     for _ in range(warmup):
         for fn, args in calls.values():
             fn(*args)

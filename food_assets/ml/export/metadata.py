@@ -34,6 +34,9 @@ REQUIRED_KEYS = (K_VERSION, K_MODEL, K_CLASSES, K_PREPROCESS, K_TEMPERATURE, K_G
 # Optional keys (a file without them is an fp32 export, as every export was before int8)
 K_PRECISION = "food_assets.precision"
 K_INT8 = "food_assets.int8"
+#: fp32 files only: the variants record (OpenVINO gates, every variant's latency; ADR 0021).
+#: Not part of `OnnxMetadata`: the serving rule reads it (`ml/inference/variants.py`).
+K_VARIANTS = "food_assets.variants"
 PRECISIONS = ("fp32", "int8")
 
 

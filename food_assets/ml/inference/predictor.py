@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,6 +112,48 @@ class Predictor:
         order = np.argsort(-np.asarray(probs), kind="stable")[: max(1, k)]
         return [(self.class_names[i], float(probs[i])) for i in order]
 
+    def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities `(N, C)` for a preprocessed float32 NCHW batch (as `preprocess` says:
+        size, normalisation), e.g. from a notebook's own data pipeline."""
+        x = np.asarray(x, dtype=np.float32)
+        size = self.preprocess.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ConfigError(f"predict_array takes a (N, 3, {size}, {size}) batch, not {x.shape}")
+        return self.predict_tensor(torch.from_numpy(np.ascontiguousarray(x)))
+
+    def predict(
+        self,
+        paths_or_images: str | os.PathLike[str] | Image.Image | Sequence[Any],
+        top_k: int = 5,
+        batch_size: int = 32,
+    ) -> list[PredictionResult]:
+        """Top-k classes with probabilities for image files and/or PIL images (one or a list).
+
+        A file that does not decode becomes an error result (it never stops the others); a PIL
+        image gets the path `<image i>`.
+        """
+        items = (
+            [paths_or_images]
+            if isinstance(paths_or_images, str | os.PathLike | Image.Image)
+            else list(paths_or_images)
+        )
+        images = {i: x for i, x in enumerate(items) if isinstance(x, Image.Image)}
+        files = [str(x) for x in items if not isinstance(x, Image.Image)]
+        by_file = iter(self.predict_paths(files, top_k=top_k, batch_size=batch_size))
+        k = max(1, min(top_k, len(self.class_names)))
+        probs = self.predict_images(list(images.values())) if images else None
+        rows = dict(zip(images, probs if probs is not None else [], strict=True))
+        out = []
+        for i in range(len(items)):
+            if i in rows:
+                p = rows[i]
+                order = np.argsort(-p, kind="stable")[:k]
+                top = [(self.class_names[j], float(p[j])) for j in order]
+                out.append(PredictionResult(f"<image {i}>", top))
+            else:
+                out.append(next(by_file))
+        return out
+
     def predict_paths(
         self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 32
     ) -> Iterator[PredictionResult]:
@@ -151,13 +194,17 @@ class Predictor:
 
 
 class OnnxPredictor(Predictor):
-    """Runs an exported `.onnx` file with ONNX Runtime; validates it first (`load_onnx`).
+    """Runs an exported `.onnx` file with ONNX Runtime or OpenVINO; validates it first
+    (`load_onnx`).
 
-    An int8 file that did not pass its accuracy gate is refused (`serving.int8_status`).
+    The last line of defence of the serving rule: an int8 file that did not pass its accuracy
+    gate is refused (`serving.int8_status`), and so is an OpenVINO variant that did not pass
+    its own (`variants.ExportFacts`), whoever constructs the predictor.
 
     Attributes:
-        precision: `fp32` or `int8`, from the file's metadata.
-        choice: the `serving.ExportChoice` that picked this file (`load_predictor` sets it).
+        precision: `fp32`, `bf16` or `int8`.
+        backend: `onnxruntime` or `openvino`.
+        choice: the `serving.ExportChoice` that picked this variant (`load_predictor` sets it).
     """
 
     def __init__(
@@ -166,28 +213,69 @@ class OnnxPredictor(Predictor):
         *,
         threads: int | None = None,
         providers: list[str] | None = None,
+        backend: str = "onnxruntime",
+        precision: str | None = None,
     ) -> None:
         from food_assets.ml.export.onnx_export import create_session, load_onnx
-        from food_assets.ml.inference.serving import ExportChoice, int8_status
+        from food_assets.ml.inference.serving import ExportChoice, check_backend, int8_status
 
         self.path = Path(path)
         data, meta = load_onnx(self.path)
-        self.precision = meta.precision
-        if meta.precision == "int8":
+        self.backend = check_backend(backend)
+        self.precision = precision or meta.precision
+        if meta.precision == "int8" and self.backend == "onnxruntime":  # OpenVINO: its own
             ok, why = int8_status(meta.int8, None)
             if not ok:  # the last line of defence: a failed int8 file is never served
                 raise ConfigError(
                     f"{self.path} is an int8 export that cannot be served: {why}. Serve the "
                     "fp32 export beside it (--precision fp32), or re-materialize onnx_<name>"
                 )
-        self.choice = ExportChoice(self.path, meta.precision, f"{meta.precision} file given")
+        if (self.precision == "int8") != (meta.precision == "int8") or self.backend == "auto":
+            raise ConfigError(
+                f"{self.path} is a {meta.precision} file: it cannot run as {self.backend} "
+                f"{self.precision}; use load_predictor(folder, precision=..., backend=...)"
+            )
+        self.choice = ExportChoice(
+            self.path, self.precision, f"{self.precision} file given", self.backend
+        )
         self._setup(meta.model_name, meta.class_names, meta.preprocess, meta.temperature)
-        self._session = create_session(data, threads=threads, providers=providers)
-        self._input = self._session.get_inputs()[0].name
+        if self.backend == "openvino":
+            self._check_openvino_gate()
+            from food_assets.ml.export.openvino_runtime import OpenVinoRunner
+
+            self._session = None
+            self._run = OpenVinoRunner(self.path, self.precision, threads=threads, static=(1, 32))
+        else:
+            if self.precision == "bf16":
+                raise ConfigError("ONNX Runtime serves fp32 and int8 here; bf16 is OpenVINO's")
+            self._session = create_session(data, threads=threads, providers=providers)
+            name = self._session.get_inputs()[0].name
+            self._run = lambda x: self._session.run(None, {name: x})[0]
+
+    def _check_openvino_gate(self) -> None:
+        from food_assets.ml.export.quantize import INT8_SUFFIX
+        from food_assets.ml.inference.variants import ExportFacts
+
+        # The gates live in the fp32 file's record: read the folder's facts from it.
+        fp32 = self.path
+        if self.precision == "int8" and self.path.stem.endswith(INT8_SUFFIX):
+            twin = self.path.with_name(self.path.stem[: -len(INT8_SUFFIX)] + self.path.suffix)
+            fp32 = twin if twin.is_file() else self.path
+        facts = ExportFacts.read(fp32)
+        for c in facts.candidates:
+            if (c.backend, c.precision) != (self.backend, self.precision):
+                continue
+            if c.ok and c.path is not None and c.path.resolve() == self.path.resolve():
+                return
+            if not c.ok:
+                raise ConfigError(
+                    f"{self.path} cannot be served by OpenVINO at {self.precision}: {c.why}. "
+                    "Use --backend onnxruntime, or re-materialize onnx_<name>"
+                )
+        raise ConfigError(f"{self.path}: no OpenVINO {self.precision} variant was gated for it")
 
     def _logits(self, batch: torch.Tensor) -> np.ndarray:
-        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        return self._session.run(None, {self._input: x})[0]
+        return self._run(np.ascontiguousarray(batch.numpy(), dtype=np.float32))
 
 
 class TorchPredictor(Predictor):
@@ -221,31 +309,37 @@ class TorchPredictor(Predictor):
         return out
 
 
-def load_predictor(path: str | os.PathLike[str], *, precision: str = "auto", **kwargs) -> Predictor:
+def load_predictor(
+    path: str | os.PathLike[str], *, precision: str = "auto", backend: str = "auto", **kwargs
+) -> Predictor:
     """An `OnnxPredictor` for a `.onnx` file or an `onnx_<name>` folder, a `TorchPredictor` for
     a bundle folder.
 
-    For ONNX, `precision` picks the fp32 export or its int8 twin (`serving.choose_export`:
-    `auto` serves int8 only when it passed its accuracy gate and was measured faster); the
-    predictor's `choice` says which and why. A bundle is fp32 PyTorch: `int8` is refused there.
+    For ONNX, `precision` and `backend` pick the variant (`serving.choose_export`: `auto` serves
+    the fastest variant that passed its gates); the predictor's `choice` says which and why. A
+    bundle is fp32 PyTorch: `int8`, `bf16` and `--backend openvino` are refused there.
 
     Raises:
         ConfigError: a precision that is unknown or cannot be served from `path`.
         CheckpointError: `path` is none of the above, or unreadable.
     """
     from food_assets.ml.inference.kinds import ONNX, artifact_kind
-    from food_assets.ml.inference.serving import check_precision, choose_export
+    from food_assets.ml.inference.serving import check_backend, check_precision, choose_export
 
     check_precision(precision)
+    check_backend(backend)
     path = Path(path)
     if artifact_kind(path) == ONNX:  # what the artifact records, not its file name
-        choice = choose_export(path, precision)
-        predictor = OnnxPredictor(choice.path, **kwargs)
+        choice = choose_export(path, precision, backend)
+        predictor = OnnxPredictor(
+            choice.path, backend=choice.backend, precision=choice.precision, **kwargs
+        )
         predictor.choice = choice
         return predictor
-    if precision == "int8":
+    if precision in ("int8", "bf16") or backend == "openvino":
+        what = precision if precision != "auto" else "OpenVINO"
         raise ConfigError(
-            f"{path} is a PyTorch bundle (fp32); int8 needs its ONNX export: materialize "
+            f"{path} is a PyTorch bundle (fp32); {what} needs its ONNX export: materialize "
             "onnx_<name> and point at it, or use --precision auto"
         )
     return TorchPredictor(path, **kwargs)
