@@ -14,13 +14,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 
-def load_model(ref, *, precision: str = "auto", backend: str = "auto", data_dir=None):
+def load_model(ref=None, *, precision: str = "auto", backend: str = "auto", data_dir=None):
     """A predictor for a model, as a notebook user expects: `predict(paths_or_images)` (top-k
     with labels) and `predict_array(x)` (a preprocessed float32 NCHW batch -> probabilities).
 
     Args:
         ref: a materialized model's name (`resnet50`), `champion` or a `models:/...` URI (the
-            MLflow registry), or a path: an `onnx_<name>` folder, an `.onnx` file, a bundle.
+            MLflow registry), or a path: an `onnx_<name>` folder, an `.onnx` file, a bundle;
+            None: the champion (else the most accurate model, `food_assets.resolver`).
         precision: `auto` (the fastest variant that passed its gates here), `fp32`, `bf16` or
             `int8`.
         backend: `auto`, `onnxruntime` (portable) or `openvino`.
@@ -30,22 +31,8 @@ def load_model(ref, *, precision: str = "auto", backend: str = "auto", data_dir=
         food_assets.ml.errors.FoodAssetsError: an unknown model, or a variant that may not be
             served (the message says why, and what to do).
     """
-    from pathlib import Path
+    from food_assets import catalog
+    from food_assets.resolver import resolve_model
 
-    from food_assets.ml.inference.predictor import load_predictor
-
-    if isinstance(ref, os.PathLike) or Path(str(ref)).exists():
-        return load_predictor(ref, precision=precision, backend=backend)
-    from food_assets import catalog, model_registry
-    from food_assets.ml.errors import ConfigError
-
-    root = catalog.data_dir(data_dir)
-    if model_registry.is_registry_reference(ref):
-        entry = model_registry.registry_model(ref, root)
-    else:
-        found = {m.name: m for m in catalog.list_materialized(catalog.open_storage(root))}
-        if ref not in found:
-            known = ", ".join(sorted(found)) or "none"
-            raise ConfigError(f"no materialized model {ref!r} under {root} (materialized: {known})")
-        entry = found[ref]
-    return catalog.load_predictor(entry, precision=precision, backend=backend)
+    resolved = resolve_model(ref, data_dir)  # the one resolver (ADR 0020)
+    return catalog.load_predictor(resolved.model, precision=precision, backend=backend)

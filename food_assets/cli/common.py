@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,20 @@ def check_model_name(name: str) -> Any:
         return get_model_spec(name)
     except UnknownModelError as exc:
         raise UnknownModelError(f"{exc} (`food-assets models` lists them)") from None
+
+
+class Precision(StrEnum):
+    """Which export answers (`food_assets.ml.inference.serving.PRECISIONS`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
+class Backend(StrEnum):
+    """Which runtime answers (`food_assets.ml.inference.serving.BACKENDS`)."""
+
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"

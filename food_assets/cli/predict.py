@@ -20,6 +20,8 @@ from rich.table import Table
 
 from food_assets.cli.common import (
     EXIT_FAILED,
+    Backend,
+    Precision,
     UserError,
     data_dir,
     err,
@@ -36,23 +38,6 @@ class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
-
-
-class Precision(StrEnum):
-    """Which export answers (`food_assets.ml.inference.serving.PRECISIONS`)."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    int8 = "int8"
-
-
-class Backend(StrEnum):
-    """Which runtime answers (`food_assets.ml.inference.serving.BACKENDS`)."""
-
-    auto = "auto"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
 
 
 @user_errors

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from food_assets.cli.common import EXIT_FAILED, UserError, data_dir, err, user_errors
-
-
-class Precision(StrEnum):
-    """Which export answers (`food_assets.ml.inference.serving.PRECISIONS`)."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    int8 = "int8"
+from food_assets.cli.common import (
+    EXIT_FAILED,
+    Backend,
+    Precision,
+    UserError,
+    data_dir,
+    err,
+    user_errors,
+)
 
 
 @user_errors
@@ -41,6 +40,10 @@ def serve(
         Precision,
         typer.Option(help="Which ONNX export answers (the serving rule of `predict`)."),
     ] = Precision.auto,
+    backend: Annotated[
+        Backend,
+        typer.Option(help="Which runtime answers: auto (the fastest that passed its gates)."),
+    ] = Backend.auto,
     max_batch: Annotated[int, typer.Option(min=1, max=512, help="Images per model call.")] = 16,
     max_wait_ms: Annotated[
         float, typer.Option(min=0, max=1000, help="How long a request waits for a batch.")
@@ -82,6 +85,7 @@ def serve(
         data=data_dir(ctx),
         ref=model,
         precision=precision.value,
+        backend=backend.value,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         max_body_bytes=int(max_body_mb * 2**20),

@@ -45,6 +45,7 @@ class ServerSettings:
     data: Path
     ref: str | None = None
     precision: str = "auto"
+    backend: str = "auto"
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_body_bytes: int = 8 * 2**20
@@ -67,7 +68,7 @@ class ServerState:
     def load_initial(self) -> None:
         s = self.settings
         try:
-            model = load_served(s.ref, s.data, s.precision)
+            model = load_served(s.ref, s.data, s.precision, s.backend)
         except Exception as exc:  # reported through /ready and the log; the server stops
             self.slot.error = str(exc)
             log.error("could not load the model: %s", exc)
@@ -90,6 +91,7 @@ class ServerState:
                 str(s.ref),
                 s.data,
                 precision=s.precision,
+                backend=s.backend,
                 interval_s=s.poll_s,
                 on_swap=self.metrics.model_loaded,
             )

@@ -32,8 +32,8 @@ class ServedModel:
         ref: the reference it was asked for (`champion`, a name, a `models:/` URI, a path).
         source: where it came from, in words (`models:/...`, a path under the artifact root).
         version: the registered version, or None for a model not loaded from the registry.
-        backend: `onnxruntime` or `torch`.
-        precision: `fp32` or `int8`.
+        backend: `onnxruntime`, `openvino` or `torch`.
+        precision: `fp32`, `bf16` or `int8`.
         reason: why this precision (the serving rule's reason).
     """
 
@@ -73,26 +73,27 @@ def resolve_reference(ref: str | None, data: Path) -> MaterializedModel:
     return resolved.model
 
 
-def load_served(ref: str | None, data: Path, precision: str = "auto") -> ServedModel:
-    """Resolve `ref` and load its predictor by the serving rule (`precision`: auto/fp32/int8)."""
+def load_served(
+    ref: str | None, data: Path, precision: str = "auto", backend: str = "auto"
+) -> ServedModel:
+    """Resolve `ref` and load its predictor by the serving rule (`precision`: auto, fp32, bf16,
+    int8; `backend`: auto, onnxruntime, openvino)."""
     from food_assets import catalog
-    from food_assets.ml.inference.predictor import OnnxPredictor
 
     choice = resolve_reference(ref, data)
     version = None
-    predictor = catalog.load_predictor(choice, precision=precision)
+    predictor = catalog.load_predictor(choice, precision=precision, backend=backend)
     if choice.registry is not None:
         version, source = choice.registry.version, choice.registry.version_uri
     else:
         source = str(choice.best_path)
     served = getattr(predictor, "choice", None)
-    onnx = isinstance(predictor, OnnxPredictor)
     return ServedModel(
         predictor=predictor,
         ref=ref or "best",
         source=source,
         version=version,
-        backend="onnxruntime" if onnx else "torch",
+        backend=served.backend if served is not None else "torch",
         precision=served.precision if served is not None else "fp32",
         reason=served.reason if served is not None else "PyTorch bundle (fp32)",
     )
@@ -139,12 +140,13 @@ class ChampionWatcher(threading.Thread):
         data: Path,
         *,
         precision: str = "auto",
+        backend: str = "auto",
         interval_s: float = 30.0,
         on_swap: Callable[[ServedModel], None] | None = None,
     ) -> None:
         super().__init__(name="champion-watcher", daemon=True)
         self.slot, self.ref, self.data = slot, ref, data
-        self.precision, self.interval_s = precision, interval_s
+        self.precision, self.backend, self.interval_s = precision, backend, interval_s
         self.on_swap = on_swap
         self._stop = threading.Event()
 
@@ -159,7 +161,7 @@ class ChampionWatcher(threading.Thread):
             version = registered_version(self.ref, self.data)
             if current is not None and version == current.version:
                 return False
-            model = load_served(self.ref, self.data, self.precision)
+            model = load_served(self.ref, self.data, self.precision, self.backend)
         except Exception as exc:  # a registry or download hiccup must not end the watcher
             log.warning("champion check failed, keeping the current model: %s", exc)
             return False
