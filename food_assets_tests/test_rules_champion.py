@@ -160,7 +160,7 @@ def test_the_leaderboard_keeps_extra_columns_text_and_its_own_columns() -> None:
     Breakages seen failing (mutmut survivors): `key in extra` / `extra.append(None)`,
     `split("/")` or `rsplit` in `_canonical`, `str(None)` for a missing `serving`, a text
     column left unconverted (`key == "model"`), `reset_index(drop=False)`."""
-    from food_assets.ml.evaluation.compare import COLUMNS
+    from food_assets.ml.evaluation.compare import LEADERBOARD
 
     result = compare_models(
         [
@@ -169,7 +169,7 @@ def test_the_leaderboard_keeps_extra_columns_text_and_its_own_columns() -> None:
         ]
     )
     table = result.table
-    assert list(table.columns) == [*COLUMNS, "per_class/f1", "tta_gain"]
+    assert list(table.columns) == [*(c.key for c in LEADERBOARD), "per_class/f1", "tta_gain"]
     assert table["per_class/f1"].tolist()[0] == 0.5 and math.isnan(table["tta_gain"][0])
     assert table["serving"].tolist() == [None, "8"]
     header, _, row_a, row_b = result.markdown.splitlines()

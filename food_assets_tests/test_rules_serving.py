@@ -124,7 +124,9 @@ def test_explicit_requests_and_lone_files(tmp_path) -> None:
         choose_export(failed)
     plain = _export(tmp_path / "plain")
     assert (choose_export(plain).precision, auto_label(plain)) == ("fp32", "fp32 (no int8)")
-    with pytest.raises(ConfigError, match="cannot be served: there is none"):
+    with pytest.raises(
+        ConfigError, match="int8 export cannot be served: onnxruntime/int8: there is none"
+    ):
         choose_export(plain, "int8")
     tiny_onnx(tmp_path / "plain" / "other.onnx", W, class_names=CLASSES, preprocess=PRE)
     with pytest.raises(CheckpointError, match="holds 2 .onnx files"):
@@ -187,14 +189,17 @@ def test_decide_names_the_reason_of_each_outcome() -> None:
     """The reason a user reads matches the rule that fired. Breakage seen failing: the
     "not faster" and "not measured" branches swapped."""
     args = {"has_fp32": True, "int8_ok": True, "int8_why": "passed"}
+    fastest = "the fastest that passed its gates"
     assert decide("auto", ratio=0.5, **args) == (
-        "int8", "auto: int8 passed, 0.50x fp32 latency at batch 1",
+        "int8", f"auto: onnxruntime/int8, {fastest}, 0.50x fp32 latency at batch 1",
     )  # fmt: skip
-    assert decide("auto", ratio=None, **args)[1] == "auto: fp32, int8 latency was not measured"
-    assert decide("auto", ratio=1.0, **args)[1] == (
-        "auto: fp32, int8 was not faster (1.00x fp32 at batch 1)"
-    )
-    assert decide("fp32", ratio=0.5, **args) == ("fp32", "fp32 requested")
+    # int8 never timed: fp32 (measured variants rank before unmeasured ones), no speed quoted
+    assert decide("auto", ratio=None, **args) == ("fp32", f"auto: onnxruntime/fp32, {fastest}")
+    # a tie keeps the portable reference
+    assert decide("auto", ratio=1.0, **args) == (
+        "fp32", f"auto: onnxruntime/fp32, {fastest}, 1.00x fp32 latency at batch 1",
+    )  # fmt: skip
+    assert decide("fp32", ratio=0.5, **args)[0] == "fp32"
 
 
 # -- what mutmut found (#22): messages, odd files, the leaderboard's fallbacks --------------------
@@ -219,7 +224,7 @@ def test_every_refusal_names_its_reason_and_the_fix(tmp_path) -> None:
         "passed its accuracy gate (ok)"
     )
     assert int8_status({"gate": {"passed": True}}, None)[1] == "passed its accuracy gate ()"
-    fix = "re-materialize onnx_<name> (int8 is on by default)"
+    fix = "re-materialize onnx_<name> (int8 and the OpenVINO variants are on by default)"
     for precision, fp32 in (("fp32", False), ("auto", False), ("int8", True)):
         with pytest.raises(ConfigError) as info:
             decide(precision, has_fp32=fp32, int8_ok=False, int8_why="w", ratio=None)
@@ -228,14 +233,14 @@ def test_every_refusal_names_its_reason_and_the_fix(tmp_path) -> None:
         decide("fp32", has_fp32=False, int8_ok=True, int8_why="w", ratio=None)
     assert str(info.value) == f"there is no fp32 export here; {fix}, or use --precision auto"
     with pytest.raises(ConfigError) as info:
-        check_precision("bf16")
+        check_precision("fp16")
     assert str(info.value) == (
-        "precision must be one of auto, fp32, int8, not 'bf16' (auto: int8 when it passed its "
-        "accuracy gate and was measured faster, else fp32)"
+        "precision must be one of auto, fp32, bf16, int8, not 'fp16' (auto: the fastest variant "
+        "that passed its accuracy gate here)"
     )
     # int8 alone, never timed: served with no speed in the reason.
     assert decide("auto", has_fp32=False, int8_ok=True, int8_why="w", ratio=None) == (
-        "int8", "auto: int8 w",
+        "int8", "auto: onnxruntime/int8, the fastest that passed its gates",
     )  # fmt: skip
 
 

@@ -141,7 +141,12 @@ def decide_variant(
     if precision != "auto" and backend != "auto":
         return best, f"{best.name} requested; it {best.why}"
     ms = best.ms.get(DECIDING_BATCH)
-    speed = f", {ms:.3g} ms at batch {DECIDING_BATCH}" if ms is not None else ""
+    if ms is None:
+        speed = ""
+    elif best.relative:  # an export from before the variants record: ratios to fp32
+        speed = f", {ms:.2f}x fp32 latency at batch {DECIDING_BATCH}"
+    else:
+        speed = f", {ms:.3g} ms at batch {DECIDING_BATCH}"
     passed_over = [
         f"{c.backend} {c.precision} not served ({c.verdict})" for c in matches if not c.ok
     ]
@@ -162,11 +167,11 @@ def decide(
     rel = {DECIDING_BATCH: 1.0} if ratio is not None else {}
     candidates = [
         Candidate("onnxruntime", "int8", Path("int8"), int8_ok, int8_why, "",
-                  {DECIDING_BATCH: ratio} if ratio is not None else {}),
+                  {DECIDING_BATCH: ratio} if ratio is not None else {}, relative=True),
     ]  # fmt: skip
     if has_fp32:
         candidates.insert(0, Candidate("onnxruntime", "fp32", Path("fp32"), True, "is the "
-                                       "reference", "reference", rel))  # fmt: skip
+                                       "reference", "reference", rel, relative=True))  # fmt: skip
     chosen, reason = decide_variant(precision, "auto", candidates)  # ONNX Runtime ones only
     return chosen.precision, reason
 
@@ -284,14 +289,17 @@ def latency_summary(
     if out["ort_fp32_ms_b1"] is not None:
         ok, why = int8_status(int8_record, None) if int8_record else (False, "none")
         gates = (variants or {}).get("gates") or {}
-        candidates = []
+        candidates, measured = [], {}
+        ratio = int8_speedup(int8_record)
         for name, row in ROW_NAMES.items():
             backend, precision = name.split("/")
-            ms = median_ms(rows, row, DECIDING_BATCH)
+            ms = measured[name] = median_ms(rows, row, DECIDING_BATCH)
             if name == "onnxruntime/fp32":
                 c_ok, c_why = True, "reference"
             elif name == "onnxruntime/int8":
                 c_ok, c_why = ok, why
+                if ms is None and ratio is not None:  # not timed here: its record's ratio ranks it,
+                    ms = ratio * out["ort_fp32_ms_b1"]  # as `choose_export` ranks the files
             else:
                 entry = gates.get(name) or {}
                 c_ok, c_why, _ = gate_verdict(entry.get("gate"))
@@ -299,6 +307,6 @@ def latency_summary(
             candidates.append(Candidate(backend, precision, Path(name), c_ok, c_why, "", timed))
         chosen, _ = decide_variant("auto", "auto", candidates)
         out["serving"] = chosen.precision if chosen.backend == "onnxruntime" else chosen.name
-        served_ms = chosen.ms.get(DECIDING_BATCH)
+        served_ms = measured[chosen.name]  # a figure measured here, never one derived
     out["latency_ms"] = served_ms if served_ms is not None else out["eager_ms_b1"]
     return out

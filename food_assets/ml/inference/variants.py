@@ -43,6 +43,8 @@ class Candidate:
         verdict: a few words for a table cell (`passed`, `failed its gate`, ...).
         ms: its median latency (ms per call) by batch size, measured with the others in one
             process; empty when not measured.
+        relative: `ms` holds ratios to ONNX Runtime fp32 (an export from before the variants
+            record kept only the int8 record's ratio), not milliseconds.
     """
 
     backend: str
@@ -52,6 +54,7 @@ class Candidate:
     why: str
     verdict: str
     ms: Mapping[int, float] = field(default_factory=dict)
+    relative: bool = False
 
     @property
     def name(self) -> str:
@@ -140,6 +143,7 @@ class ExportFacts:
         variants = variants_record(fp32_props, fp32)
         ratio = int8_speedup(record)
         latency = (variants or {}).get("latency_ms") or {}
+        relative = variants is None  # only the int8 record's ratio to fp32 is known
 
         def ms(name: str, fallback: float | None) -> dict[int, float]:
             if variants is not None:
@@ -152,10 +156,12 @@ class ExportFacts:
             why_ref = "is the reference (fp32, parity with PyTorch checked at export)"
             ref_ms = ms("onnxruntime/fp32", 1.0)
             candidates.append(
-                Candidate("onnxruntime", "fp32", fp32, True, why_ref, "reference", ref_ms)
+                Candidate("onnxruntime", "fp32", fp32, True, why_ref, "reference", ref_ms, relative)
             )
         int8_ms = ms("onnxruntime/int8", ratio)
-        candidates.append(Candidate("onnxruntime", "int8", int8, ok, why, verdict, int8_ms))
+        candidates.append(
+            Candidate("onnxruntime", "int8", int8, ok, why, verdict, int8_ms, relative)
+        )
         shas = {"fp32": fp32_props.get(K_GRAPH_SHA), "int8": int8_props.get(K_GRAPH_SHA)}
         for backend, precision in VARIANTS[2:]:
             file = int8 if precision == "int8" else fp32
