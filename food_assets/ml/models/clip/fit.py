@@ -29,6 +29,7 @@ import torch
 
 from food_assets.ml.artifacts import atomic_path, write_figure, write_parquet
 from food_assets.ml.data.dataset import ManifestDataset
+from food_assets.ml.data.lineage import split_manifest_digest
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import DataSourceError
@@ -64,17 +65,9 @@ PROBE_SPLITS = ("train", "val", "test")
 
 
 def manifest_digest(splits: SplitManifest) -> str:
-    """Content hash of a split manifest: class map + (split, path, sha256, label) of every row.
-
-    Hashing the rows rather than the Parquet bytes keeps the key stable when the same splits are
-    rewritten, and changes it when any image, label or split assignment changes.
-    """
-    df = splits.frame()
-    cols = [c for c in ("split", "path", "sha256", "label_idx") if c in df.columns]
-    rows = df[cols].sort_values(["split", "path"], kind="stable")
-    h = hashlib.sha256(json.dumps(list(splits.class_names)).encode())
-    h.update(rows.to_csv(index=False).encode())
-    return h.hexdigest()
+    """Content hash of a split manifest: the one digest of `food_assets.ml.data.lineage` (class
+    map + split, path, sha256, label of every row), shared with the MLflow datasets."""
+    return split_manifest_digest(splits)
 
 
 def feature_cache_key(loaded: LoadedClip, splits: SplitManifest) -> str:
