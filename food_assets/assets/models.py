@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from food_assets import layout, tracking
+from food_assets import layout, tracking, tracking_lineage
 from food_assets.assets._common import (
     TRAINING_RETRY,
     file_ref,
@@ -130,6 +130,10 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
                 "source": food_splits.source}  # fmt: skip
         try:
             with user_errors(), tracking.model_run(mlflow, asset, tags) as run:
+                # The train and val manifests as the run's datasets (ADR 0023).
+                digests = tracking_lineage.log_training_datasets(
+                    food_splits, artifact_store.location(food_splits.path)
+                )
                 fit_context = FitContext(
                     compute=compute.compute_config(),
                     loggers=run.loggers(),
@@ -147,6 +151,7 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
             return
         metadata = {**fit_metadata(result, spec, artifact_store), **run.metadata()}
         metadata["asset_seconds"] = round(time.perf_counter() - t0, 1)
+        metadata.update({f"{split}_dataset_digest": d for split, d in digests.items()})
         value = trained_model(spec, result, food_splits.source, run.run_id)
         yield dg.Output(value, metadata=metadata)
 
