@@ -34,6 +34,7 @@ from food_assets.catalog import calibration_record
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore, QualityGates
 
 if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch and matplotlib
@@ -162,7 +163,8 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "parquet"},
         description=f"Test-split metrics, calibration and error analysis of model_{name}",
-        pool="gpu",  # inference on the GPU when there is one: one GPU step at a time
+        pool=GPU_POOL,  # inference on the GPU when there is one: one GPU step at a time
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         code_version=EVALUATION_CODE_VERSION,
         freshness_policy=REEVALUATION_FRESHNESS,  # the nightly re-evaluation refreshes it
         check_specs=[

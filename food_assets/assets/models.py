@@ -32,6 +32,7 @@ from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore, LightningCompute
 
 MODELS_GROUP = "models"
@@ -111,7 +112,8 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         group_name=MODELS_GROUP,
         description=spec.description or f"{spec.name} ({spec.family})",
         kinds=set(spec.kinds),
-        pool="gpu",
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         tags={"food_assets/family": spec.family},
         # The entry, its hooks and their source: a changed model shows as stale (ADR 0011).
         code_version=spec_code_version(spec),
