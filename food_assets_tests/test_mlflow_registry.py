@@ -97,14 +97,15 @@ def test_a_run_left_active_against_a_vanished_store_is_ended(tmp_path):
 
 
 def test_no_private_mlflow_api_in_the_tracking_code():
-    """resources.py, tracking.py, catalog.py and model_registry.py use MLflow's public API
-    only. Breakage tried: the old `fluent._active_run_stack` fallback in `_end_stale_runs`
-    (fails)."""
+    """resources.py, tracking.py, tracking_lineage.py, catalog.py and model_registry.py use
+    MLflow's public API only. Breakage tried: the old `fluent._active_run_stack` fallback in
+    `_end_stale_runs` (fails)."""
     for rel in (
         "food_assets/resources.py",
         "food_assets/tracking.py",
         "food_assets/catalog.py",
         "food_assets/model_registry.py",
+        "food_assets/tracking_lineage.py",
     ):
         tree = ast.parse((REPO / rel).read_text())
         private = {
