@@ -58,7 +58,9 @@ def test_raw_digest_follows_content_not_location_or_order(tmp_path) -> None:
     changed = raw_manifest_digest(_scan(b_root), b_root)
     noisy_jpeg(b_root / "pho" / "extra.jpg", size=(40, 32), seed=1000)
     added = raw_manifest_digest(_scan(b_root), b_root)
-    relabelled = raw_manifest_digest(a.assign(label=a["label"].replace("pho", "ramen")), tmp_path)
+    relabelled = raw_manifest_digest(
+        a.assign(label=a["label"].replace("pho", "ramen")), tmp_path / "a"
+    )
     removed = raw_manifest_digest(a.iloc[1:], tmp_path / "a")
     assert len({base, changed, added, relabelled, removed}) == 5
     # The file size is part of the manifest and of what is hashed.
