@@ -152,6 +152,19 @@ def _mlflow_artifact_location(uri: str) -> str | None:
             "tracking URI is not an http(s) server (default: FOOD_ASSETS_MLFLOW_UI_URL, else "
             "http://127.0.0.1:5000, where `mlflow ui` listens).",
         ),
+        "system_metrics": dg.Field(
+            bool,
+            default_value=True,
+            is_required=False,
+            description="Log system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) "
+            "into each model run while it trains (`system/*` metrics).",
+        ),
+        "system_metrics_interval_s": dg.Field(
+            float,
+            default_value=5.0,
+            is_required=False,
+            description="Seconds between two system-metric samples.",
+        ),
     }
 )
 def food_mlflow(context: dg.InitResourceContext):
@@ -200,6 +213,9 @@ def food_mlflow(context: dg.InitResourceContext):
 
     resource = MlFlow(_Context())
     resource.ui_url = cfg.get("ui_url")  # read by food_assets.tracking for the metadata links
+    # Read by food_assets.tracking_lineage when a model run starts.
+    resource.system_metrics = cfg.get("system_metrics", True)
+    resource.system_metrics_interval_s = cfg.get("system_metrics_interval_s", 5.0)
     parent = mlflow.active_run()
     try:
         yield resource

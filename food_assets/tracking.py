@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from food_assets import model_registry
+from food_assets import model_registry, tracking_lineage
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
 from food_assets.redact import redact_uri
@@ -145,7 +145,15 @@ def model_run(mlflow_resource: Any, run_name: str, tags: dict[str, str]) -> Iter
 
     base = ui_url(mlflow.get_tracking_uri(), getattr(mlflow_resource, "ui_url", None))
     with contextlib.ExitStack() as stack:
-        run = stack.enter_context(mlflow.start_run(run_name=run_name, nested=True, tags=tags))
+        run = stack.enter_context(
+            mlflow.start_run(
+                run_name=run_name,
+                nested=True,
+                tags=tags,
+                # CPU/GPU/memory while it trains (tracking_lineage, ADR 0023).
+                log_system_metrics=tracking_lineage.system_metrics(mlflow_resource),
+            )
+        )
         try:
             yield ModelRun(run, ui_base=base)
         except FitSkipped:

@@ -97,14 +97,15 @@ def test_a_run_left_active_against_a_vanished_store_is_ended(tmp_path):
 
 
 def test_no_private_mlflow_api_in_the_tracking_code():
-    """resources.py, tracking.py, catalog.py and model_registry.py use MLflow's public API
-    only. Breakage tried: the old `fluent._active_run_stack` fallback in `_end_stale_runs`
-    (fails)."""
+    """resources.py, tracking.py, tracking_lineage.py, catalog.py and model_registry.py use
+    MLflow's public API only. Breakage tried: the old `fluent._active_run_stack` fallback in
+    `_end_stale_runs` (fails)."""
     for rel in (
         "food_assets/resources.py",
         "food_assets/tracking.py",
         "food_assets/catalog.py",
         "food_assets/model_registry.py",
+        "food_assets/tracking_lineage.py",
     ):
         tree = ast.parse((REPO / rel).read_text())
         private = {
@@ -141,11 +142,19 @@ def registry_runs(tmp_path_factory):
     (which holds the check results). Both are real `dg.materialize` calls."""
     from food_assets.definitions import build_definitions, default_resources
     from food_assets.ml.models import get_model_spec, list_models
-    from food_assets.resources import QualityGates
+    from food_assets.resources import QualityGates, food_mlflow, mlflow_tracking_uri
 
     data_dir = tmp_path_factory.mktemp("registry") / "data"
     resources = default_resources(str(data_dir))
     resources["quality"] = QualityGates(accuracy={"sample/*": 1.01, f"sample/{PASSING}": 0.0})
+    # System metrics sampled often enough that a training of a few seconds logs some.
+    resources["mlflow"] = food_mlflow.configured(
+        {
+            "experiment_name": "food_assets",
+            "mlflow_tracking_uri": mlflow_tracking_uri(str(data_dir)),
+            "system_metrics_interval_s": 0.5,
+        }
+    )
     defs = build_definitions(resources)
     ops = tiny_run_config()["ops"]
     for name in list_models():
@@ -389,3 +398,85 @@ def test_models_prints_the_champion_from_the_registry(registry_runs, monkeypatch
             if "champion" in client.get_registered_model(name).aliases:
                 client.delete_registered_model_alias(name, "champion")
         client.set_registered_model_alias(passing, "champion", "1")
+
+
+# -- lineage (ADR 0023): datasets, system metrics, test metrics on the logged model ------------
+
+
+@pytest.mark.slow
+def test_model_runs_log_their_datasets_and_system_metrics(registry_runs):
+    """Each trained model's run has the train and val manifests as inputs (contexts training and
+    validation), each with the split's content digest and the splits file as its source, and
+    `system/*` metrics sampled while it trained; the asset's metadata names the same digests.
+    Breakage tried: `log_training_datasets` not called (no inputs); `log_system_metrics=False`
+    in `model_run` (no system metrics); the digest of the whole manifest for every split (train
+    and val digests equal)."""
+    from food_assets.ml.data.lineage import short, split_manifest_digest
+
+    client, result = registry_runs["client"], registry_runs["runs"]["train"]
+    splits = result.output_for_node("food_splits")
+    want = {s: short(split_manifest_digest(splits, s)) for s in ("train", "val")}
+    assert want["train"] != want["val"]
+    for name in TRAINED:
+        run = client.get_run(result.output_for_node(f"model_{name}").mlflow_run_id)
+        inputs = {
+            d.dataset.name: (d.dataset.digest, [t.value for t in d.tags], d.dataset.source)
+            for d in run.inputs.dataset_inputs
+        }
+        for split, context in (("train", "training"), ("val", "validation")):
+            digest, contexts, source = inputs[f"food_splits/{split}"]
+            assert digest == want[split] and context in contexts, (name, inputs)
+            assert str(splits.path) in source
+        meta = result.asset_materializations_for_node(f"model_{name}")[-1].metadata
+        assert meta["train_dataset_digest"].value == want["train"]
+        system = {k for k in run.data.metrics if k.startswith("system/")}
+        assert "system/cpu_utilization_percentage" in system, (name, sorted(run.data.metrics))
+        assert "system/system_memory_usage_megabytes" in system
+
+
+@pytest.mark.slow
+def test_test_metrics_are_linked_to_the_logged_model_and_rank_the_leaderboard(registry_runs):
+    """The evaluation logs its test metrics on the model its run logged, against
+    the test split as a dataset; `leaderboard_from_mlflow` (`search_logged_models` ordered by
+    test top-1) lists the trained models best first with the evaluations' figures, in the
+    leaderboard asset's order. Breakage tried: `log_metrics` without `model_id` (the logged
+    models have no metrics: the MLflow leaderboard is empty); ordered ascending (the order
+    check fails); the test digest filter ignoring the digest (the unknown-digest case fails)."""
+    from food_assets.ml.data.lineage import short, split_manifest_digest
+    from food_assets.tracking_lineage import leaderboard_from_mlflow
+
+    client, result = registry_runs["client"], registry_runs["runs"]["train"]
+    splits = result.output_for_node("food_splits")
+    test_digest = short(split_manifest_digest(splits, "test"))
+    trained = {
+        n.removeprefix("model_")
+        for n in result.dagster_run.step_keys_to_execute
+        if n.startswith("model_") and hasattr(result.output_for_node(n), "bundle_dir")
+    }
+    for name in trained:
+        value = result.output_for_node(f"model_{name}")
+        run = client.get_run(value.mlflow_run_id)
+        (logged,) = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{value.mlflow_run_id}'",
+        )
+        top1 = [m for m in logged.metrics if m.key == "test/acc_top1"]
+        report = result.output_for_node(f"evaluation_{name}")
+        assert [m.value for m in top1] == [pytest.approx(report.summary["test/acc_top1"])]
+        assert {(m.dataset_name, m.dataset_digest) for m in top1} == {
+            ("food_splits/test", test_digest)
+        }
+        assert logged.source_run_id == value.mlflow_run_id
+        meta = result.asset_materializations_for_node(f"evaluation_{name}")[-1].metadata
+        assert meta["test_dataset_digest"].value == test_digest
+
+    board = leaderboard_from_mlflow(tracking_uri=registry_runs["uri"], test_digest=test_digest)
+    assert set(board["model"]) == trained
+    accs = list(board["test/acc_top1"])
+    assert accs == sorted(accs, reverse=True)
+    table = registry_runs["runs"]["leaderboard"].output_for_node("leaderboard")
+    table = table[table["model"].isin(trained)]
+    rebuilt = board.sort_values(["test/acc_top1", "model"], ascending=[False, True])
+    assert list(rebuilt["model"]) == list(table["model"])
+    assert list(rebuilt["test/acc_top1"]) == pytest.approx(list(table["acc_top1"]))
+    assert leaderboard_from_mlflow(tracking_uri=registry_runs["uri"], test_digest="0" * 16).empty

@@ -45,6 +45,9 @@ def test_frames_have_exactly_their_columns_and_types(tmp_path: Path) -> None:
     assert list(m.columns) == MANIFEST_COLUMNS and list(q.columns) == QUARANTINE_COLUMNS
     assert m["width"].dtype == np.int64 and m["height"].dtype == np.int64
     assert m[["width", "height"]].values.tolist() == [[7, 3], [2, 5]]
+    # the file's size in bytes, an int64 column (a data version covers it, ADR 0023)
+    assert m["bytes"].dtype == np.int64
+    assert m["bytes"].tolist() == [good.stat().st_size, (tmp_path / "b.jpg").stat().st_size]
     # mode and format are the file's own (before the RGB conversion)
     assert m["mode"].tolist() == ["RGB", "L"] and m["format"].tolist() == ["PNG", "JPEG"]
     # a listing without boxes: the box columns are there, empty

@@ -116,16 +116,18 @@ def test_team_gpu_run_config_validates_against_the_real_job() -> None:
 
 def test_k8s_executor_config_sends_every_training_step_to_a_gpu_node() -> None:
     """Every model asset that trains or fits, and every op `configs/food101.yaml` runs with
-    `device: cuda`, has a GPU step config, and every step key is a current asset.
+    `device: cuda`, is a GPU step (the `gpu` pool, whose op tags place it on a GPU node:
+    food_assets/placement.py, test_placement.py), and the executor's run config keeps no
+    per-step placement that could disagree with them (one place, ADR 0023).
 
-    Breakage caught: a trained model added without a GPU step; an evaluation moved to CUDA in
-    the recipe but left on a CPU pod; a stale key (an asset renamed, e.g. model_comparison ->
-    leaderboard), which Kubernetes would silently ignore.
+    Breakage caught: a trained model added outside the `gpu` pool; an evaluation moved to CUDA
+    in the recipe but left on a CPU pod; a `per_step_k8s_config` added back to the run config.
     """
     from food_assets.definitions import build_definitions
+    from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 
     cfg = yaml.safe_load((TEAM / "k8s_executor.yaml").read_text())["execution"]["config"]
-    per_step = cfg["per_step_k8s_config"]
+    assert "per_step_k8s_config" not in cfg
     trained = {
         f"model_{n}"
         for n in list_models()
@@ -133,20 +135,16 @@ def test_k8s_executor_config_sends_every_training_step_to_a_gpu_node() -> None:
     }
     recipe = yaml.safe_load((TEAM.parent / "food101.yaml").read_text())["ops"]
     on_cuda = {op for op, c in recipe.items() if c.get("config", {}).get("device") == "cuda"}
-    assert trained <= set(per_step) and on_cuda <= set(per_step)
-    assets = {
-        k.to_user_string() for k in build_definitions().resolve_asset_graph().get_all_asset_keys()
+    gpu_steps = {
+        key.to_user_string()
+        for a in build_definitions().resolve_asset_graph().assets_defs
+        if a.op.pool == GPU_POOL and all(a.op.tags.get(k) == v for k, v in GPU_OP_TAGS.items())
+        for key in a.keys
     }
-    assert set(per_step) <= assets, set(per_step) - assets
-    for step in per_step.values():
-        assert step["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert step["pod_spec_config"]["node_selector"]
-        # The loader's workers share batches through /dev/shm: a GPU pod mounts a larger one.
-        mounts = {m["mount_path"] for m in step["container_config"]["volume_mounts"]}
-        assert "/dev/shm" in mounts
+    assert trained <= gpu_steps and on_cuda <= gpu_steps, (trained | on_cuda) - gpu_steps
     # The default executor stays the laptop's: the k8s executor lives in its own code location.
     assert (
-        "k8s"
+        "k8s_job_executor"
         not in (Path(__file__).resolve().parents[1] / "food_assets" / "definitions.py").read_text()
     )
 

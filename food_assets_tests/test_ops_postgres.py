@@ -198,6 +198,15 @@ def test_team_config_runs_the_graph_on_postgres(
     assert model_run.data.tags["asset"] == "model_custom_cnn"
     assert model_run.data.params["model"] == "custom_cnn"
     assert {"best_val_acc", "test/acc_top1"} <= set(model_run.data.metrics)
+    # Lineage on Postgres too (ADR 0023): the run's datasets, and the test top-1 on its logged
+    # model, which the leaderboard rebuilt from MLflow alone finds.
+    from food_assets.tracking_lineage import leaderboard_from_mlflow
+
+    inputs = {d.dataset.name for d in model_run.inputs.dataset_inputs}
+    assert inputs == {"food_splits/train", "food_splits/val", "food_splits/test"}
+    board = leaderboard_from_mlflow(tracking_uri=mlflow_url)
+    assert list(board["model"]) == ["custom_cnn"] and list(board["run_id"]) == [mlflow_run_id]
+    assert board["test/acc_top1"][0] == pytest.approx(model_run.data.metrics["test/acc_top1"])
     assert {a.path for a in client.list_artifacts(mlflow_run_id)} >= {"bundle", "evaluation"}
     assert (artifact_root / mlflow_run_id / "artifacts" / "bundle" / "card.json").is_file()
     mlflow_db = mlflow_url.replace("+psycopg2", "")

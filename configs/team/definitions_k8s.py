@@ -7,9 +7,12 @@ team's workspace.yaml at it:
     load_from:
       - python_file: configs/team/definitions_k8s.py
 
-GPU placement per step is run config (configs/team/k8s_executor.yaml). The Celery alternative
-is `dagster_celery.celery_executor` here, with training steps routed to a `gpu` queue whose
-workers run on GPU nodes (op tag `dagster-celery/queue: gpu`, see docs/operations.md).
+GPU placement is on the GPU steps themselves: op tags `dagster-k8s/config` (GPU limit, node
+selector, tolerations) and `dagster-celery/queue: gpu` from `food_assets/placement.py` (ADR
+0023), so every launch path (UI, schedule, sensor, CLI) places them; the executor's run config
+(configs/team/k8s_executor.yaml) gives every step its CPU pod. The Celery alternative is
+`dagster_celery.celery_executor` here, with workers on GPU nodes serving the `gpu` queue
+(`celery -A dagster_celery.app worker -Q gpu`, see docs/operations.md).
 """
 
 import dagster as dg

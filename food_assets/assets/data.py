@@ -22,6 +22,7 @@ from food_assets.assets._common import (
 )
 from food_assets.ml import artifacts
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
+from food_assets.ml.data.lineage import raw_manifest_digest, short, splits_digest
 from food_assets.ml.data.raw import RawScan, collect_raw_images
 from food_assets.ml.data.sample import SampleSpec
 from food_assets.ml.data.splits import SPLITS, SplitManifest, make_splits
@@ -108,6 +109,11 @@ def food_images_raw(
     return dg.MaterializeResult(
         value=_raw_images_value(config.source, raw),
         metadata={**_raw_metadata(config.source, raw, artifact_store), **_source_settings(config)},
+        # The content, not the run: the same images keep the version, new ones make every
+        # downstream asset stale (ADR 0023).
+        data_version=dg.DataVersion(
+            short(raw_manifest_digest(raw.scan.manifest, raw.listing.root))
+        ),
     )
 
 
@@ -190,6 +196,7 @@ def food_splits(
     counts = counts.reindex(columns=list(SPLITS)).fillna(0).astype(int).reset_index()
     if dropped:
         context.log.warning(f"dropped {dropped} train images identical to a test image")
+    raw_digest = raw_manifest_digest(manifest, food_images_raw.root)
     return dg.MaterializeResult(
         value=SplitManifest(path=path, class_names=class_names, source=food_images_raw.source),
         metadata={
@@ -204,6 +211,8 @@ def food_splits(
             "per_class": md_table(counts, max_rows=101),
             "splits": dg.MetadataValue.path(artifact_store.location(path)),
         },
+        # From the inputs and the config: same images and config, same splits (ADR 0023).
+        data_version=dg.DataVersion(short(splits_digest(raw_digest, config.model_dump()))),
     )
 
 

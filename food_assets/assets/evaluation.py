@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout, model_registry, tracking
+from food_assets import layout, model_registry, tracking, tracking_lineage
 from food_assets.assets._common import (
     MODEL_SHARED_MODULES,
     REEVALUATION_FRESHNESS,
@@ -35,6 +35,7 @@ from food_assets.catalog import calibration_record
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore, QualityGates
 
 if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch and matplotlib
@@ -110,18 +111,33 @@ class EvaluationReport:
     model_metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _log_to_model_run(run_id: str | None, result: "EvaluationResult") -> None:
-    """Evaluation figures go into the model's own MLflow run, next to its training curves."""
+def _log_to_model_run(
+    model: TrainedModel, result: "EvaluationResult", splits: SplitManifest, location: str
+) -> str | None:
+    """Evaluation figures go into the model's own MLflow run, next to its training curves, as
+    metrics of its logged model on the test dataset (`tracking_lineage`, ADR 0023). Returns
+    the test dataset's digest (None when the model has no run or no logged model)."""
+    run_id = model.mlflow_run_id
     if not run_id:
-        return
+        return None
     import mlflow
 
+    registered = model.metadata.get(tracking.REGISTERED_MODEL_KEY)
+    version = model.metadata.get(tracking.MODEL_VERSION_KEY)
     with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.log_metrics(
-            {k: float(v) for k, v in result.summary.items() if v == v and k.count("/") <= 1}
+        model_id = tracking_lineage.logged_model_id(
+            run_id, (registered, version) if registered and version else None
+        )
+        digest = tracking_lineage.log_test_metrics(
+            {k: float(v) for k, v in result.summary.items() if v == v and k.count("/") <= 1},
+            model=model.name,
+            model_id=model_id,
+            splits=splits,
+            location=location,
         )
         for path in list(result.plots.values()) + list(result.files.values()):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+    return digest
 
 
 def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
@@ -131,7 +147,8 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "parquet"},
         description=f"Test-split metrics, calibration and error analysis of model_{name}",
-        pool="gpu",  # inference on the GPU when there is one: one GPU step at a time
+        pool=GPU_POOL,  # inference on the GPU when there is one: one GPU step at a time
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         code_version=EVALUATION_CODE_VERSION,
         freshness_policy=REEVALUATION_FRESHNESS,  # the nightly re-evaluation refreshes it
         check_specs=[
@@ -177,9 +194,12 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
                 precision=config.precision,
             )
             calibration = _write_calibration(artifact_store, name, result)
-            _log_to_model_run(model.mlflow_run_id, result)
+            test_digest = _log_to_model_run(
+                model, result, food_splits, artifact_store.location(food_splits.path)
+            )
         report = _evaluation_report(name, food_splits.source, model, result, calibration)
         metadata = _evaluation_metadata(result, calibration, model, artifact_store)
+        metadata["test_dataset_digest"] = test_digest or "n/a"
         yield dg.Output(report, metadata=metadata)
         yield accuracy_check_result(report, quality)
 

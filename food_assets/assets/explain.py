@@ -24,6 +24,7 @@ from food_assets.assets._pictures import picture
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.ml.quality import check_gradcam_sanity
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore
 
 if TYPE_CHECKING:  # imported lazily at run time: Grad-CAM pulls in torch and matplotlib
@@ -112,7 +113,8 @@ def build_explain_asset(name: str) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(layout.model_asset(name))},
         kinds={"pytorch", "png"},
         description=f"Grad-CAM galleries of model_{name} (target layer {spec.cam_layer})",
-        pool="gpu",
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         code_version=EXPLAIN_CODE_VERSION,
         check_specs=[
             dg.AssetCheckSpec(

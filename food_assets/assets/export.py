@@ -34,6 +34,7 @@ from food_assets.config_classes import config_class
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore, QualityGates
 
 if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch and onnx
@@ -99,7 +100,8 @@ def build_export_asset(name: str) -> list:
             "evaluation": dg.AssetIn(layout.evaluation_asset(name)),
         },
         kinds={"onnx"},
-        pool="gpu",  # PyTorch-side parity runs on the GPU when there is one
+        pool=GPU_POOL,  # PyTorch-side parity runs on the GPU when there is one
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         code_version=EXPORT_CODE_VERSION,
         description=f"model_{name} as ONNX (dynamic batch, class names, preprocessing and "
         "temperature in the metadata), fp32 and int8, with parity, the int8 accuracy gate and "

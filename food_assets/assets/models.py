@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from food_assets import layout, tracking
+from food_assets import layout, tracking, tracking_lineage
 from food_assets.assets._common import (
     TRAINING_RETRY,
     file_ref,
@@ -33,6 +33,7 @@ from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
 from food_assets.ml.training.config import settings_class
+from food_assets.placement import GPU_OP_TAGS, GPU_POOL
 from food_assets.resources import ArtifactStore, LightningCompute
 
 MODELS_GROUP = "models"
@@ -116,7 +117,8 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         group_name=MODELS_GROUP,
         description=spec.description or f"{spec.name} ({spec.family})",
         kinds=set(spec.kinds),
-        pool="gpu",
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,  # a GPU node on every launch path (placement.py, ADR 0023)
         tags={"food_assets/family": spec.family},
         # The entry, its hooks and their source: a changed model shows as stale (ADR 0011).
         code_version=spec_code_version(spec),
@@ -139,6 +141,10 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
 
                 # One "epoch 2/4: val top-1 ..." log line per epoch: `food-assets run` shows it.
                 progress = EpochProgress(context.log.info, getattr(config, "epochs", None))
+                # The train and val manifests as the run's datasets (ADR 0023).
+                digests = tracking_lineage.log_training_datasets(
+                    food_splits, artifact_store.location(food_splits.path)
+                )
                 fit_context = FitContext(
                     compute=compute.compute_config(),
                     loggers=[*run.loggers(), progress],
@@ -159,6 +165,7 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         links = {k: dg.MetadataValue.url(v) if k in URL_KEYS else v for k, v in run.links().items()}
         metadata = {**fit_metadata(result, spec, artifact_store), **links}
         metadata["asset_seconds"] = round(time.perf_counter() - t0, 1)
+        metadata.update({f"{split}_dataset_digest": d for split, d in digests.items()})
         value = trained_model(spec, result, food_splits.source, run.run_id)
         yield dg.Output(value, metadata=metadata)
 

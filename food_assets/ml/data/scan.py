@@ -52,6 +52,7 @@ MANIFEST_COLUMNS = [
     "mode",
     "format",
     "sha256",
+    "bytes",  # file size: with the path and the hash, what a data version covers (lineage.py)
     "box_x0",
     "box_y0",
     "box_x1",
@@ -154,7 +155,14 @@ def _probe(path: str, max_pixels: int) -> dict:
         return {"reason": exc.reason, "detail": exc.detail}
     if fmt != "JPEG":  # not drafted: the decoded, oriented image has the true size
         width, height = img.width, img.height
-    return {"width": width, "height": height, "mode": mode, "format": fmt, "sha256": sha}
+    return {
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "format": fmt,
+        "sha256": sha,
+        "bytes": len(data),
+    }
 
 
 def scan_images(
@@ -199,5 +207,6 @@ def scan_images(
     manifest = merged.loc[~bad, MANIFEST_COLUMNS].reset_index(drop=True)
     manifest["width"] = manifest["width"].astype("int64")
     manifest["height"] = manifest["height"].astype("int64")
+    manifest["bytes"] = manifest["bytes"].astype("int64")
     quarantine = merged.loc[bad, QUARANTINE_COLUMNS].reset_index(drop=True)
     return ScanResult(manifest, quarantine)

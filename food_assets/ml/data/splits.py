@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,19 +34,16 @@ class SplitManifest:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def digest(self) -> str:
+    def digest(self, split: str | None = None) -> str:
         """The manifest's identity (one for every consumer: training's resume key, the CLIP
-        feature cache): sha256 of the class map and (split, path, sha256, label) of every row.
-
-        Hashing the rows rather than the Parquet bytes keeps it stable when the same splits are
-        rewritten, and changes it when any image, label or split assignment changes.
+        feature cache, the MLflow datasets): `lineage.split_rows_digest` of every row (or those
+        of `split`) with the class map. Hashing the rows rather than the Parquet bytes keeps it
+        stable when the same splits are rewritten, and changes it when any image, label or split
+        assignment changes.
         """
-        df = self.frame()
-        cols = [c for c in ("split", "path", "sha256", "label_idx") if c in df.columns]
-        rows = df[cols].sort_values(["split", "path"], kind="stable")
-        h = hashlib.sha256(json.dumps(list(self.class_names)).encode())
-        h.update(rows.to_csv(index=False).encode())
-        return h.hexdigest()
+        from food_assets.ml.data.lineage import split_rows_digest
+
+        return split_rows_digest(self.frame(split), self.class_names)
 
 
 def _stratified_pick(
