@@ -53,8 +53,8 @@ def _run(mode: str, models: list[str], classes: int, per_class: int, work: Path)
 
     from food_assets.assets import evaluation, explain
     from food_assets.assets import models as model_assets
-    from food_assets.definitions import build_definitions
-    from food_assets.resources import QualityGates, default_resources
+    from food_assets.definitions import build_definitions, default_resources
+    from food_assets.resources import QualityGates
 
     modules = (model_assets, evaluation, explain)
     saved = {m: m.file_ref for m in modules}

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from food_assets.assets import data
-from food_assets.resources import default_resources
+from food_assets.definitions import default_resources
 
 ASSETS = [data.food_images_raw, data.food_splits]
 BASE = {"sample_num_classes": 3, "sample_images_per_class": 12, "sample_image_size": 48}
