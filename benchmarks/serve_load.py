@@ -67,7 +67,9 @@ def register(data: Path, model: str) -> Path:
     """An untrained `model` bundle, logged and registered as the champion; the bundle."""
     import mlflow
     import torch
-    from food_assets.ml.data.synthetic_food101 import FOOD101_CLASSES
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
+    from benchmarks.synthetic_food101 import FOOD101_CLASSES
 
     from food_assets import model_registry, tracking
     from food_assets.ml.models.bundle import ModelCard, save_bundle

@@ -411,11 +411,11 @@ def test_model_runs_log_their_datasets_and_system_metrics(registry_runs):
     Breakage tried: `log_training_datasets` not called (no inputs); `log_system_metrics=False`
     in `model_run` (no system metrics); the digest of the whole manifest for every split (train
     and val digests equal)."""
-    from food_assets.ml.data.lineage import short, split_manifest_digest
+    from food_assets.ml.data.lineage import short
 
     client, result = registry_runs["client"], registry_runs["runs"]["train"]
     splits = result.output_for_node("food_splits")
-    want = {s: short(split_manifest_digest(splits, s)) for s in ("train", "val")}
+    want = {s: short(splits.digest(s)) for s in ("train", "val")}
     assert want["train"] != want["val"]
     for name in TRAINED:
         run = client.get_run(result.output_for_node(f"model_{name}").mlflow_run_id)
@@ -442,12 +442,12 @@ def test_test_metrics_are_linked_to_the_logged_model_and_rank_the_leaderboard(re
     leaderboard asset's order. Breakage tried: `log_metrics` without `model_id` (the logged
     models have no metrics: the MLflow leaderboard is empty); ordered ascending (the order
     check fails); the test digest filter ignoring the digest (the unknown-digest case fails)."""
-    from food_assets.ml.data.lineage import short, split_manifest_digest
+    from food_assets.ml.data.lineage import short
     from food_assets.tracking_lineage import leaderboard_from_mlflow
 
     client, result = registry_runs["client"], registry_runs["runs"]["train"]
     splits = result.output_for_node("food_splits")
-    test_digest = short(split_manifest_digest(splits, "test"))
+    test_digest = short(splits.digest("test"))
     trained = {
         n.removeprefix("model_")
         for n in result.dagster_run.step_keys_to_execute

@@ -37,13 +37,14 @@ pytestmark = [
 #: Run before the CLI in every child of the fault matrix: accuracy floors off (a 2-epoch model
 #: on the tiny sample sits near chance; the gates have tests of their own), as test_cli does.
 NO_GATE = r"""
+import food_assets.definitions as _defs
 import food_assets.resources as _res
-_real_default_resources = _res.default_resources
+_real_default_resources = _defs.default_resources
 def _no_gate(data_dir=None):
     resources = _real_default_resources(data_dir)
     resources["quality"] = _res.QualityGates(accuracy={"sample/*": 0.0})
     return resources
-_res.default_resources = _no_gate
+_defs.default_resources = _no_gate
 """
 #: `food-assets` itself, with NO_GATE. argv: the CLI's arguments.
 PLAIN_CLI = (
