@@ -19,7 +19,7 @@ setup:
 # the OOM killer) failed and frees their `gpu` slots (food_assets/recovery.py, ADR 0025).
 # The same run through Dagster's own CLI (run the recovery first there):
 #   .venv/bin/python -m food_assets.recovery
-#   .venv/bin/dg launch --assets '*' --config configs/sample.yaml
+#   .venv/bin/dg launch --assets 'not key:batch_predictions' --config configs/sample.yaml
 run: setup
 	.venv/bin/food-assets run --config configs/sample.yaml
 

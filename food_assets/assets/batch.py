@@ -79,9 +79,6 @@ class BatchPredictionsConfig(dg.Config):
     ),
     description="The champion's predictions for one drop of new photos (Parquet), unreadable "
     "files listed with their reasons.",
-    # A run of the whole graph (`make run`, `dg launch --assets '*'`) names no drop: nothing to
-    # score there, and the step says so instead of failing the run.
-    output_required=False,
 )
 def batch_predictions(
     context: dg.AssetExecutionContext, config: BatchPredictionsConfig, artifact_store: ArtifactStore
@@ -91,11 +88,10 @@ def batch_predictions(
     from food_assets.server.models import load_served
 
     if not context.has_partition_key:
-        context.log.info(
-            "no drop named in this run: nothing to score (the new_drops sensor, or "
-            "`dg launch --assets batch_predictions --partition <drop>`, scores one)"
+        raise dg.Failure(
+            "batch_predictions scores one drop of photos: launch it with a partition "
+            "(`dg launch --assets batch_predictions --partition <drop>`, or the new_drops sensor)"
         )
-        return
     drop = context.partition_key
     source = config.source or default_source(artifact_store.data_dir)
     with user_errors():
@@ -137,7 +133,7 @@ def batch_predictions(
         "unreadable": len(scored.unreadable),
     }
     check = _low_confidence(scored, config)
-    yield dg.MaterializeResult(value=value, metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(value=value, metadata=metadata, check_results=[check])
 
 
 def _low_confidence(scored: Any, config: BatchPredictionsConfig) -> dg.AssetCheckResult:

@@ -81,6 +81,17 @@ def _run(ctx: typer.Context, config: Path | None, select: str, verbose: bool) ->
         selected = dg.AssetSelection.from_string(select).resolve(graph)
     except Exception as exc:  # Dagster's parser raises several types; all are a bad selection
         raise UserError(f"--select {select!r} is not a valid asset selection: {exc}") from None
+    # A partitioned asset (batch_predictions: one partition per drop of photos) runs per
+    # partition, from its sensor or `dg launch --partition`; a run of the graph names none.
+    partitioned = {k for k in selected if graph.get(k).is_partitioned}
+    selected = set(selected) - partitioned
+    if partitioned:
+        names = ", ".join(sorted(k.to_user_string() for k in partitioned))
+        typer.echo(
+            f"not in this run: {names} (one run per drop: the new_drops sensor, or "
+            "`dg launch --assets batch_predictions --partition <drop>`)",
+            err=True,
+        )
     if not selected:
         raise UserError(f"--select {select!r} matches no asset (`dg list defs` lists them)")
     _trim_ops(run_config, {k.to_user_string() for k in selected}, graph, config)
