@@ -23,8 +23,11 @@ setup:
 run: setup
 	.venv/bin/food-assets run --config configs/sample.yaml
 
+# -n auto: pytest-xdist, one worker per core; each test file runs in one worker, and the files of
+# the shared whole-graph fixture in one (food_assets_tests/conftest.py, ADR 0029). Plain
+# `.venv/bin/python -m pytest` runs the same tests in one process.
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n auto --dist loadfile
 
 test-fast: setup
 	.venv/bin/python -m pytest -m "not slow" -q

@@ -62,6 +62,46 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         )
 
 
+#: Session fixtures too costly to build twice: under pytest-xdist every test file that uses one
+#: runs in the same worker (the whole graph takes about two minutes on 2 cores).
+SHARED_SESSION_FIXTURES = ("graph_run",)
+
+
+def file_groups(tests: Path = Path(__file__).resolve().parent) -> dict[str, str]:
+    """Test file (as a node id names it) -> the shared fixture it uses, if any (the first one
+    named in its text: a file that uses two would join the first one's group)."""
+    groups = {}
+    for path in sorted(tests.glob("test_*.py")):
+        text = path.read_text()
+        used = [f for f in SHARED_SESSION_FIXTURES if re.search(rf"\b{f}\b", text)]
+        if used:
+            groups[f"{tests.name}/{path.name}"] = used[0]
+    return groups
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs `-n auto --dist loadfile`: each file in one worker (its module fixtures
+    built once), and the files of one shared session fixture together, in one worker.
+
+    (xdist's own `--dist loadgroup` cannot do this under pytest 9, whose node ids no longer
+    follow the `_nodeid` xdist rewrites.) Bigger groups are handed out first (xdist's default
+    `--loadscope-reorder`), so the long graph group does not start last.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    groups = file_groups()
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return groups.get(path, path)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
