@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
@@ -23,35 +26,19 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from food_assets.ml.data.raw import collect_raw_images
-    from food_assets.ml.data.sample import SampleSpec
-    from food_assets.ml.data.splits import SplitManifest, make_splits
+    from benchmarks.trained_sample import train_on_sample
     from food_assets.ml.export.bundle_export import export_bundle
     from food_assets.ml.export.quantize import QuantizeConfig
-    from food_assets.ml.training import ComputeConfig, TrainConfig, train_model
 
     root = Path(tempfile.mkdtemp(prefix="export-step-"))
-    raw = collect_raw_images(
-        "sample",
-        None,
-        sources_dir=root / "sources",
-        manifest_path=root / "manifest.parquet",
-        quarantine_path=root / "quarantine.parquet",
-        sample=SampleSpec(num_classes=4, images_per_class=160, image_size=64),
-    )
-    frame, names, _ = make_splits(raw.scan.manifest, val_fraction=0.15, test_fraction=0.6)
-    frame.to_parquet(root / "splits.parquet", index=False)
-    splits = SplitManifest(root / "splits.parquet", names, "sample")
-    cfg = TrainConfig(mode="scratch", epochs=3, batch_size=16, image_size=48, num_workers=0)
-    cpu = ComputeConfig(accelerator="cpu", devices=1, precision="32-true")
-    fit = train_model("custom_cnn", splits, cfg, cpu, root / "run", progress_bar=False)
+    splits, bundle_dir = train_on_sample(root, epochs=3)
     times: dict[str, list[float]] = {"ort_only": [], "with_openvino": []}
     for i in range(args.rounds):
         for label, openvino in (("ort_only", False), ("with_openvino", True)):
             out = root / f"{label}{i}"
             t0 = time.perf_counter()
             export_bundle(
-                fit.bundle_dir,
+                bundle_dir,
                 splits,
                 out / "model.onnx",
                 temperature=1.0,

@@ -42,35 +42,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The embedded sample (4 classes x 160 images, 60 % test), custom_cnn trained 25 epochs
-    at 48 px, exported with int8 and the OpenVINO variants. (Trained 15 epochs as in
-    test_int8.py, OpenVINO on the int8 file agreed with fp32 on 98.96 % of the 384 test images:
-    one near tie short of the 99 % gate, which rightly failed it.)"""
-    from food_assets.ml.data.raw import collect_raw_images
-    from food_assets.ml.data.sample import SampleSpec
-    from food_assets.ml.data.splits import SplitManifest, make_splits
-    from food_assets.ml.training import ComputeConfig, TrainConfig, train_model
+    """custom_cnn trained 25 epochs on the embedded sample (benchmarks/trained_sample.py),
+    exported with int8 and the OpenVINO variants. (Trained 15 epochs as in test_int8.py,
+    OpenVINO on the int8 file agreed with fp32 on 98.96 % of the 384 test images: one near tie
+    short of the 99 % gate, which rightly failed it.)"""
+    from benchmarks.trained_sample import train_on_sample
 
     root = tmp_path_factory.mktemp("ov")
-    raw = collect_raw_images(
-        "sample",
-        None,
-        sources_dir=root / "sources",
-        manifest_path=root / "manifest.parquet",
-        quarantine_path=root / "quarantine.parquet",
-        sample=SampleSpec(num_classes=4, images_per_class=160, image_size=64),
-    )
-    frame, names, _ = make_splits(raw.scan.manifest, val_fraction=0.15, test_fraction=0.6)
-    frame.to_parquet(root / "splits.parquet", index=False)
-    splits = SplitManifest(root / "splits.parquet", names, "sample")
-    cfg = TrainConfig(
-        mode="scratch", epochs=25, batch_size=16, lr=3e-3, image_size=48, num_workers=0
-    )
-    cpu = ComputeConfig(accelerator="cpu", devices=1, precision="32-true")
-    fit = train_model("custom_cnn", splits, cfg, cpu, root / "run", progress_bar=False)
+    splits, bundle = train_on_sample(root, epochs=25)
     out = root / "onnx_custom_cnn"
     result = export_bundle(
-        fit.bundle_dir,
+        bundle,
         splits,
         out / "model.onnx",
         temperature=1.0,
@@ -80,7 +62,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
         int8=QuantizeConfig(),
         int8_record_path=out / "int8.json",
     )
-    return {"root": root, "splits": splits, "bundle": fit.bundle_dir, "result": result}
+    return {"root": root, "splits": splits, "bundle": bundle, "result": result}
 
 
 def _record(folder: Path) -> dict:
