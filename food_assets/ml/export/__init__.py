@@ -7,37 +7,24 @@ The `onnx_<name>` assets call `export_bundle` (export, parity, int8 and its gate
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 # Loaded on first use, so that `food_assets.ml.export.files` (the folder's file names, which
 # `food_assets.layout` reads) imports without torch or ONNX.
-_EXPORTS = {
-    "ExportResult": "food_assets.ml.export.bundle_export",
-    "check_bundle_parity": "food_assets.ml.export.bundle_export",
-    "export_bundle": "food_assets.ml.export.bundle_export",
-    "latency_ratio": "food_assets.ml.export.latency",
-    "measure_latency": "food_assets.ml.export.latency",
-    "OnnxMetadata": "food_assets.ml.export.metadata",
-    "PARITY_ATOL": "food_assets.ml.export.onnx_export",
-    "ParityReport": "food_assets.ml.export.onnx_export",
-    "check_parity": "food_assets.ml.export.onnx_export",
-    "create_session": "food_assets.ml.export.onnx_export",
-    "export_onnx": "food_assets.ml.export.onnx_export",
-    "load_onnx": "food_assets.ml.export.onnx_export",
-    "run_session": "food_assets.ml.export.onnx_export",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "bundle_export": ["ExportResult", "check_bundle_parity", "export_bundle"],
+        "latency": ["latency_ratio", "measure_latency"],
+        "metadata": ["OnnxMetadata"],
+        "onnx_export": [
+            "PARITY_ATOL",
+            "ParityReport",
+            "check_parity",
+            "create_session",
+            "export_onnx",
+            "load_onnx",
+            "run_session",
+        ],
+    },
+)

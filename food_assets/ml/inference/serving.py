@@ -35,7 +35,6 @@ from food_assets.ml.inference.variants import (  # re-exported: the rule's vocab
     int8_verdict,
 )
 
-_Facts = ExportFacts  # the name this module used before the facts moved out
 __all__ = ["DECIDING_BATCH", "REFERENCE", "VARIANTS", "Candidate", "int8_speedup"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -191,7 +190,7 @@ def choose_export(
     """
     check_precision(precision)
     check_backend(backend)
-    facts = _Facts.read(Path(path))
+    facts = ExportFacts.read(Path(path))
     chosen, reason = decide_variant(precision, backend, facts.candidates)
     assert chosen.path is not None  # a candidate without a file is never ok
     return ExportChoice(chosen.path, chosen.precision, reason, chosen.backend)
@@ -200,7 +199,7 @@ def choose_export(
 def describe_variants(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per variant of an export, for `food-assets models`: `variant`, `verdict`,
     `ms_b1`, `ms_b32` (None where not measured) and `auto` (whether `auto` serves it)."""
-    facts = _Facts.read(Path(path))
+    facts = ExportFacts.read(Path(path))
     try:
         served = decide_variant("auto", "auto", facts.candidates)[0].name
     except ConfigError:
@@ -222,7 +221,7 @@ def auto_label(path: str | os.PathLike[str]) -> str:
     table (`food-assets models`): `openvino/int8 (3.6 ms)`; for an export without OpenVINO
     variants `int8 (0.56x)`, or `fp32` with why int8 is not served, or `nothing (...)` for a
     lone int8 file that may not be served."""
-    facts = _Facts.read(Path(path))
+    facts = ExportFacts.read(Path(path))
     if facts.fp32 is None and not facts.int8_ok:  # `decide` would refuse: nothing to serve
         return f"nothing (int8 {facts.int8_verdict})"
     if facts.variants is not None:

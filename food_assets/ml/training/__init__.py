@@ -7,30 +7,13 @@ classes the Dagster run config is derived from) does not import Lightning.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "ComputeConfig": "food_assets.ml.training.config",
-    "TrainConfig": "food_assets.ml.training.config",
-    "fit_hook": "food_assets.ml.training.fit",
-    "fit_lightning": "food_assets.ml.training.fit",
-    "fit_model": "food_assets.ml.training.fit",
-    "make_config": "food_assets.ml.training.config",
-    "settings_class": "food_assets.ml.training.config",
-    "train_model": "food_assets.ml.training.train",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["ComputeConfig", "TrainConfig", "make_config", "settings_class"],
+        "fit": ["fit_hook", "fit_lightning", "fit_model"],
+        "train": ["train_model"],
+    },
+)
