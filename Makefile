@@ -30,7 +30,7 @@ test: setup
 	.venv/bin/python -m pytest -n auto --dist loadfile
 
 test-fast: setup
-	.venv/bin/python -m pytest -m "not slow" -q
+	.venv/bin/python -m pytest -n auto --dist loadfile -m "not slow" -q
 
 # Mutation testing of the modules that decide user-visible results ([tool.mutmut] in
 # pyproject.toml; docs/benchmarks.md, "Mutation testing"). A fresh mutants/ every time: mutmut
