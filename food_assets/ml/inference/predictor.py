@@ -108,7 +108,8 @@ class Predictor:
 
     def top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The `k` most probable classes of one probability row, best first (ties: class
-        order), as (class name, probability)."""
+        order), as (class name, probability); `k` below 1 gives one, above the class count
+        gives them all."""
         order = np.argsort(-np.asarray(probs), kind="stable")[: max(1, k)]
         return [(self.class_names[i], float(probs[i])) for i in order]
 
@@ -140,19 +141,14 @@ class Predictor:
         images = {i: x for i, x in enumerate(items) if isinstance(x, Image.Image)}
         files = [str(x) for x in items if not isinstance(x, Image.Image)]
         by_file = iter(self.predict_paths(files, top_k=top_k, batch_size=batch_size))
-        k = max(1, min(top_k, len(self.class_names)))
         probs = self.predict_images(list(images.values())) if images else None
         rows = dict(zip(images, probs if probs is not None else [], strict=True))
-        out = []
-        for i in range(len(items)):
-            if i in rows:
-                p = rows[i]
-                order = np.argsort(-p, kind="stable")[:k]
-                top = [(self.class_names[j], float(p[j])) for j in order]
-                out.append(PredictionResult(f"<image {i}>", top))
-            else:
-                out.append(next(by_file))
-        return out
+        return [
+            PredictionResult(f"<image {i}>", self.top_k(rows[i], top_k))
+            if i in rows
+            else next(by_file)
+            for i in range(len(items))
+        ]
 
     def predict_paths(
         self, paths: Iterable[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 32
@@ -161,7 +157,6 @@ class Predictor:
 
         Files are decoded lazily, so a long listing streams in batches of `batch_size`.
         """
-        k = max(1, min(top_k, len(self.class_names)))
         pending: list[tuple[str, torch.Tensor | ImageDecodeError]] = []
 
         def flush() -> Iterator[PredictionResult]:
@@ -172,10 +167,8 @@ class Predictor:
                 if isinstance(x, ImageDecodeError):
                     yield PredictionResult(path, error=x.reason, detail=x.detail)
                     continue
-                p = probs[j]
+                yield PredictionResult(path, self.top_k(probs[j], top_k))
                 j += 1
-                order = np.argsort(-p, kind="stable")[:k]
-                yield PredictionResult(path, [(self.class_names[i], float(p[i])) for i in order])
             pending.clear()
 
         n_tensors = 0
