@@ -24,7 +24,7 @@ from food_assets.ml.errors import ConfigError
 from food_assets.ml.export.metadata import K_GRAPH_SHA
 from food_assets.ml.export.variants import stamp_variants
 from food_assets.ml.inference.predictor import OnnxPredictor
-from food_assets.ml.inference.serving import describe_variants
+from food_assets.ml.inference.serving import auto_label, describe_variants, latency_summary
 from food_assets_tests.test_mut_predictor import (
     CLASSES,
     MeanPredictor,
@@ -275,3 +275,66 @@ def test_openvino_serves_only_a_variant_that_passed_its_gate_on_this_file(
     stamp_variants(stale / "model.onnx", variants)
     with pytest.raises(ConfigError, match=r"gated on another file than the one here \(stale\)"):
         OnnxPredictor(stale / "model.onnx", backend="openvino", precision="fp32")
+
+
+def test_auto_label_names_the_served_variant_and_its_latency(tmp_path: Path) -> None:
+    """Breakage caught: `food-assets models`' `auto serves` cell naming a variant other than
+    the rule's choice (a failed fastest one, or a narrowed rule), the batch-1 latency missing
+    or taken at another batch size."""
+    assert auto_label(_with_variants(tmp_path / "e")) == "openvino/fp32 (1 ms)"
+    passed = _with_variants(tmp_path / "p", ov_int8_passed=True)
+    assert auto_label(passed) == "openvino/int8 (0.5 ms)"
+
+
+# --- the leaderboard's latency columns with OpenVINO ------------------------------------------
+
+
+def _latency_rows(ms: dict[str, float]) -> list[dict]:
+    return [
+        {"backend": backend, "batch": batch, "median_ms": b1 * (20 if batch == 32 else 1),
+         "threads": 2}
+        for backend, b1 in ms.items()
+        for batch in (1, 32)
+    ]  # fmt: skip
+
+
+def _gates(**passed: bool) -> dict:
+    return {
+        "gates": {
+            f"openvino/{p}": {"offered": True, "gate": {"passed": ok, "description": "d"}}
+            for p, ok in passed.items()
+        }
+    }
+
+
+def test_latency_summary_serves_the_fastest_gated_openvino_variant() -> None:
+    """Breakage caught: an OpenVINO variant served without (or against) its gate, the gates
+    read under another key, `serving` not `openvino/<precision>` for OpenVINO, the served
+    latency taken from another variant, the OpenVINO columns swapped."""
+    ms = {"eager": 40.0, "onnxruntime": 10.0, "onnxruntime_int8": 6.0}
+    rows = _latency_rows({**ms, "openvino_fp32": 5.0, "openvino_bf16": 3.0, "openvino_int8": 2.0})
+    int8_ok = {"gate": {"passed": True, "description": "ok"}}
+    got = latency_summary(rows, int8_ok, _gates(fp32=True, bf16=True, int8=False))
+    assert (got["serving"], got["latency_ms"]) == ("openvino/bf16", 3.0)
+    assert (got["ov_fp32_ms_b1"], got["ov_bf16_ms_b32"], got["ov_int8_ms_b1"]) == (5.0, 60.0, 2.0)
+    assert latency_summary(rows, int8_ok, _gates(fp32=True))["serving"] == "openvino/fp32"
+    assert latency_summary(rows, int8_ok, None)["serving"] == "int8"  # no record: ORT only
+    assert latency_summary(rows, None, None)["serving"] == "fp32"  # no int8 record
+    everything = latency_summary(rows, int8_ok, _gates(fp32=True, bf16=True, int8=True))
+    assert (everything["serving"], everything["latency_ms"]) == ("openvino/int8", 2.0)
+
+
+def test_latency_summary_ranks_an_untimed_int8_by_its_ratio_but_shows_no_derived_figure():
+    """An int8 file not timed in this run (an export from before the per-variant timing) is
+    ranked by its record's ratio to fp32, and the leaderboard's latency is then eager's, never
+    a figure derived from the ratio. Breakage caught: the ratio ignored (fp32 served), divided
+    instead of multiplied (int8 ranked slower), or the derived figure shown."""
+    rows = _latency_rows({"eager": 40.0, "onnxruntime": 10.0})
+    fast = {"gate": {"passed": True}, "latency": {"by_batch": {"1": {"int8_over_fp32": 0.5}}}}
+    got = latency_summary(rows, fast, None)
+    assert (got["serving"], got["latency_ms"]) == ("int8", 40.0)
+    slow = {**fast, "latency": {"by_batch": {"1": {"int8_over_fp32": 1.5}}}}
+    assert latency_summary(rows, slow, None)["serving"] == "fp32"
+    # 10 x 1.05 = 10.5 ms: slower than fp32's 10, but 10 / 1.05 would rank it faster
+    slower = {**fast, "latency": {"by_batch": {"1": {"int8_over_fp32": 1.05}}}}
+    assert latency_summary(rows, slower, None)["serving"] == "fp32"
