@@ -260,6 +260,41 @@ def _stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def test_server_errors_names_the_unreachable_server_and_lets_other_mlflow_errors_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real MLflow call to a port where nothing listens becomes one `TrackingServerError`
+    line naming the server (password masked), a `FoodAssetsError` (so `user_errors` fails the
+    step without a retry); an MLflow error that is not a lost connection passes through as it
+    is. Breakage tried: `server_unreachable` following `__cause__` only (MLflow raises its
+    exception while handling the connection error, without `from`: the first case fails);
+    every `MlflowException` taken for a lost server (the second case fails)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from food_assets import tracking
+    from food_assets.ml.errors import FoodAssetsError
+
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"http://food:s3cret-pw@127.0.0.1:{port}")  # restored by the fixture
+    with pytest.raises(tracking.TrackingServerError) as caught, tracking.server_errors():
+        mlflow.MlflowClient().search_experiments()
+    message = str(caught.value)
+    assert message.startswith(
+        f"the MLflow tracking server http://food:***@127.0.0.1:{port} did not answer"
+    )
+    assert "\n" not in message and "s3cret-pw" not in message
+    assert isinstance(caught.value, FoodAssetsError)
+
+    with pytest.raises(MlflowException) as other, tracking.server_errors():
+        try:
+            raise ValueError("a bad parameter")
+        except ValueError:
+            raise MlflowException("Run 'x' not found") from None
+    assert not isinstance(other.value, tracking.TrackingServerError)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_tracking_server_going_away_mid_training_fails_in_one_line_and_keeps_the_checkpoint(
@@ -270,10 +305,11 @@ def test_the_tracking_server_going_away_mid_training_fails_in_one_line_and_keeps
     within a bounded time with one line naming the server (password masked) and is not retried;
     `last.ckpt` stays. With the server started again, the same materialization resumes at epoch
     1, finishes, and the first run's MLflow runs are ended FAILED (none RUNNING). The password
-    is in nothing printed. Breakage tried: no HTTP bounds (MLflow's 7 retries: the step took
-    over 4 minutes, past the test's timeout); `server_errors` removed from the model asset (a
-    multi-line MlflowException naming the unmasked URI, and the retry policy starts the step
-    again 30 s later); no `redact_logs` (MLflow's system-metrics warning prints the password)."""
+    is in nothing printed. Breakage tried: no HTTP bounds (MLflow's 7 retries per call: the
+    step failed 758 s after the kill); `server_errors` removed from the model asset (the retry
+    policy ran the step twice more, 30 s and 60 s later: "Exceeded max_retries of 2"); no
+    `redact_logs` (MLflow's system-metrics warning prints the URL with the password); MLflow's
+    "View run at <URL>" lines left on (they print it too)."""
     import dagster as dg
     import lightning.pytorch as pl
     import mlflow
