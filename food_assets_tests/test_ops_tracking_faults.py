@@ -84,6 +84,7 @@ def _register(client, experiment: str, model: str, with_files: bool = True) -> s
     return mv.version
 
 
+@pytest.mark.slow  # about 9 s on a loaded 2-core machine (a SQLite store, ~20 checked writes)
 def test_promote_champion_leaves_a_trustworthy_registry_between_any_two_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
