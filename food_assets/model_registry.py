@@ -30,6 +30,27 @@ TEMPERATURE_FROM_EVALUATION = "evaluation (temperature scaling on val)"
 #: Cache folder (`layout.cache_dir`) for bundles downloaded from registered versions.
 REGISTRY_CACHE = "mlflow_models"
 
+#: Bounds on MLflow's HTTP client when the tracking URI is a server (the team's `mlflow server`),
+#: set unless the environment already says otherwise. MLflow's own defaults (7 retries, backoff
+#: factor 2, 120 s per request) are made for rate-limited cloud services: a server that went
+#: away holds every call for minutes, and a failing step makes several (the metrics, ending the
+#: model's run, ending the parent run). Here: 2 retries 2-3 s apart (a restart of the server or
+#: a dropped connection is survived), 30 s without an answer is a failure; about 3 s per call
+#: against a server that is down, 90 s at most against one that hangs (docs/operations.md).
+#: Every entry that talks to the store sets them: the `mlflow` resource, the reaper, `_client`.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_http_waits() -> None:
+    """Set `HTTP_BOUNDS` in this process's environment where the user set nothing (MLflow reads
+    them at each request)."""
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+
 
 def registered_model_name(model: str) -> str:
     """The registered model of `model_<model>`: `food_assets.<model>`."""
@@ -83,6 +104,7 @@ def _client(uri: str) -> Any:
         )
     import mlflow
 
+    bound_http_waits()
     return mlflow.MlflowClient(uri)
 
 

@@ -245,6 +245,9 @@ def end_orphan_mlflow_runs(instance: Any, tracking_uri: str) -> dict[str, list[s
         dg.DagsterRunStatus.FAILURE: "FAILED",
         dg.DagsterRunStatus.CANCELED: "KILLED",
     }
+    from food_assets.model_registry import bound_http_waits
+
+    bound_http_waits()  # a tracking server that is down costs seconds here, not minutes
     client = mlflow.MlflowClient(tracking_uri)
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]

@@ -10,6 +10,7 @@ says which server and database it was.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -102,3 +103,24 @@ def redact_text(text: str, environ: os._Environ[str] | dict[str, str] | None = N
     for secret in secrets_in_env(environ):
         text = text.replace(secret, MASK)
     return text
+
+
+class RedactingFilter(logging.Filter):
+    """A log handler's filter that masks credentials in each record's text (`redact_text`):
+    MLflow's own warnings quote the request URL, password included, when the tracking URI
+    carries one (`http://user:pw@host`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        safe = redact_text(text)
+        if safe != text:
+            record.msg, record.args = safe, ()
+        return True
+
+
+def redact_logs(logger_name: str = "mlflow") -> None:
+    """Put a `RedactingFilter` on the handlers of `logger_name` (MLflow logs through its own
+    handler, not the root's), once."""
+    for handler in logging.getLogger(logger_name).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

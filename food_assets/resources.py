@@ -180,10 +180,17 @@ def food_mlflow(context: dg.InitResourceContext):
     from dagster_mlflow.resources import MlFlow
     from filelock import FileLock
 
+    from food_assets.model_registry import bound_http_waits
+    from food_assets.redact import redact_logs, redact_uri
+
+    bound_http_waits()  # a tracking server that went away fails a step in seconds (#29)
+    redact_logs("mlflow")  # MLflow's warnings quote the server's URL, password included
     cfg = context.resource_config
     run = context.run  # None when an asset is invoked directly (tests, notebooks)
     _end_stale_runs(run.run_id if run else None)
     uri = cfg.get("mlflow_tracking_uri") or mlflow_tracking_uri()
+    if redact_uri(uri) != uri:  # MLflow prints "View run at <URL>", password included
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     lock_dir = Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
     lock = FileLock(str(lock_dir / ".init.lock")) if lock_dir else None
     if lock:

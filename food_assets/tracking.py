@@ -15,6 +15,7 @@ tracking.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from food_assets import model_registry, tracking_lineage
+from food_assets.ml.errors import FoodAssetsError
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
 from food_assets.redact import redact_uri
@@ -40,6 +42,46 @@ DEFAULT_UI_URL = "http://127.0.0.1:5000"
 #: evaluation's report) names the registered version the leaderboard may promote.
 REGISTERED_MODEL_KEY = "mlflow_registered_model"
 MODEL_VERSION_KEY = "mlflow_model_version"
+
+
+class TrackingServerError(FoodAssetsError):
+    """The MLflow tracking server did not answer (down, restarting, unreachable)."""
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` is MLflow failing to reach its tracking server: an `MlflowException` raised
+    over a connection error or a timeout of the HTTP client (not a refusal by the server)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    seen: BaseException | None = exc
+    for _ in range(10):  # the cause chain; bounded
+        seen = seen.__cause__ or seen.__context__ if seen else None
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def server_errors() -> Iterator[None]:
+    """An MLflow tracking server that goes away fails the step with one line naming it (its URI
+    without password) and what to do, as a `FoodAssetsError` (not retried: `user_errors`);
+    anything else passes through. Files written so far (the checkpoints) stay."""
+    try:
+        yield
+    except Exception as exc:
+        if not server_unreachable(exc):
+            raise
+        import mlflow
+
+        raise TrackingServerError(
+            f"the MLflow tracking server {redact_uri(mlflow.get_tracking_uri())} did not answer "
+            f"(down or unreachable; MLFLOW_HTTP_REQUEST_MAX_RETRIES="
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')}): the step stopped and "
+            "its checkpoints are kept; start the server again and materialize again to resume"
+        ) from None
 
 
 def ui_url(tracking_uri: str, configured: str | None = None) -> str:
@@ -253,12 +295,34 @@ def promote_champion(
     temperature (`temperatures[model]`) as version tags. The alias goes on
     `food_assets.<best>` and comes off every other `food_assets.*` model, so there is one
     champion; when no candidate is eligible there is none (a model under its floor never keeps
-    or gets it). MLflow only: the leaderboard asset gathers the candidates from Dagster's check
-    records and reports the outcome.
+    or gets it). A candidate whose version lacks its bundle files among its run's artifacts
+    (what `predict` and the demo download) is passed over. MLflow only: the leaderboard asset
+    gathers the candidates from Dagster's check records and reports the outcome.
+
+    MLflow has no transaction over several writes, so their order is what keeps a registry
+    that a kill (SIGKILL, a lost node) leaves between any two of them one a consumer can trust
+    (issue #29): the alias comes off the other models first, then the tags are written, then
+    the alias goes on the champion, last. A kill leaves at worst no champion (the next
+    leaderboard sets it), never the alias on a version tagged as failed, never two champions.
     """
     import mlflow
 
     client = mlflow.MlflowClient(uri)
+    champion = choose_champion([_with_files(client, c) for c in candidates])
+    keep = model_registry.registered_model_name(champion.model) if champion else None
+    for registered in model_registry.search_registered_models(client):
+        if model_registry.CHAMPION in registered.aliases and registered.name != keep:
+            client.delete_registered_model_alias(registered.name, model_registry.CHAMPION)
+    tag_candidates(client, candidates, temperatures)
+    if champion is not None:
+        client.set_registered_model_alias(keep, model_registry.CHAMPION, str(champion.version))
+    return champion
+
+
+def tag_candidates(
+    client: Any, candidates: list[Candidate], temperatures: Mapping[str, float]
+) -> None:
+    """Each candidate's version gets its test top-1, floor, check verdict and temperature."""
     for c in candidates:
         if c.version is None:
             continue
@@ -272,11 +336,28 @@ def promote_champion(
         }
         for k, v in tags.items():
             client.set_model_version_tag(name, str(c.version), k, v)
-    champion = choose_champion(candidates)
-    keep = model_registry.registered_model_name(champion.model) if champion else None
-    for registered in model_registry.search_registered_models(client):
-        if model_registry.CHAMPION in registered.aliases and registered.name != keep:
-            client.delete_registered_model_alias(registered.name, model_registry.CHAMPION)
-    if champion is not None:
-        client.set_registered_model_alias(keep, model_registry.CHAMPION, str(champion.version))
-    return champion
+
+
+#: What a registered version's bundle must hold among its run's artifacts to be promoted.
+BUNDLE_FILES = ("card.json", "model.safetensors")
+
+
+def _with_files(client: Any, candidate: Candidate) -> Candidate:
+    """`candidate`, or a copy without its version when that version's bundle files are not
+    among its run's artifacts (deleted, or never uploaded): it cannot be the champion."""
+    if not candidate.eligible:
+        return candidate  # only a version that could win is looked up
+    from mlflow.exceptions import MlflowException
+
+    name = model_registry.registered_model_name(candidate.model)
+    folder = model_registry.BUNDLE_ARTIFACT_PATH
+    try:
+        mv = client.get_model_version(name, str(candidate.version))
+        folder = (mv.tags or {}).get("bundle_artifact_path", folder)
+        found = {Path(a.path).name for a in client.list_artifacts(mv.run_id, folder)}
+    except (MlflowException, OSError):
+        found = set()
+    if set(BUNDLE_FILES) <= found:
+        return candidate
+    reason = f"version {candidate.version} has no {folder}/ files ({', '.join(BUNDLE_FILES)})"
+    return dataclasses.replace(candidate, version=None, reason=reason)

@@ -364,7 +364,8 @@ def test_fault_matrix_sigkill_at_each_stage_then_the_same_command_completes(
     version the successful training registered, with its bundle files, and the exports and the
     evaluation load. Breakage tried: reaping switched off both at launch and in the guard
     (the rerun after the epoch-0 kill waits for the dead run's slot until the test's timeout).
-    Not here: a kill during the leaderboard's registry update (it needs every model evaluated).
+    The leaderboard's registry update is test_ops_tracking_faults.py's (it needs every model
+    evaluated).
     """
     setup = Setup(tmp_path)
     args = {"train": ("train", "custom_cnn", "-c", str(setup.config)),

@@ -48,3 +48,27 @@ def test_redact_text_masks_uris_and_the_environments_secrets() -> None:
         "could not connect to postgresql://u:***@db/m (***); key *** for public-id; abc"
     )
     assert redact_text("mysql://root:hunter2@h/db failed", {}) == "mysql://root:***@h/db failed"
+
+
+def test_mlflow_log_lines_are_redacted_by_the_filter(capfd: pytest.CaptureFixture[str]) -> None:
+    """MLflow logs through its own stderr handler; `redact_logs("mlflow")` masks a password its
+    warnings quote (the request URL of a tracking server), %-style arguments included, and is
+    put on once however often it is called. Breakage tried: the filter on the `mlflow` logger
+    instead of its handlers (a child logger's record passes unfiltered: fails)."""
+    import logging
+
+    import mlflow  # noqa: F401  (sets up MLflow's handler)
+
+    from food_assets.redact import RedactingFilter, redact_logs
+
+    redact_logs("mlflow")
+    logging.getLogger("mlflow.system_metrics.system_metrics_monitor").warning(
+        "Failed to get mlflow run: API request to %s failed", "http://food:s3cret-pw@h:5000/api"
+    )
+    err = capfd.readouterr().err
+    assert "http://food:***@h:5000/api" in err and "s3cret-pw" not in err
+    redact_logs("mlflow")
+    handlers = logging.getLogger("mlflow").handlers
+    assert handlers and all(
+        sum(isinstance(f, RedactingFilter) for f in h.filters) == 1 for h in handlers
+    )

@@ -179,7 +179,7 @@ def build_evaluation_asset(name: str) -> dg.AssetsDefinition:
 
         model: TrainedModel
         out_dir = artifact_store.asset_dir(layout.evaluation_asset(name))
-        with user_errors():
+        with user_errors(), tracking.server_errors():
             result = evaluate_bundle(
                 model.bundle_dir,
                 food_splits,
@@ -336,7 +336,8 @@ def leaderboard(
         result = compare_models(rows)
         files = save_comparison(result, out)
         artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
-    set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
+    with user_errors(), tracking.server_errors():
+        set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
     metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
     return dg.MaterializeResult(value=result.table, metadata=metadata)
 

@@ -136,7 +136,12 @@ def build_model_asset(spec: ModelSpec | str) -> dg.AssetsDefinition:
         tags = {"dagster_run_id": context.run.run_id, "asset": asset, "model": spec.name,
                 "source": food_splits.source}  # fmt: skip
         try:
-            with user_errors(), tracking.model_run(mlflow, asset, tags) as run:
+            # A tracking server that goes away: one line, no retry, checkpoints kept (#29).
+            with (
+                user_errors(),
+                tracking.server_errors(),
+                tracking.model_run(mlflow, asset, tags) as run,
+            ):
                 from food_assets.ml.training.progress import EpochProgress
 
                 # One "epoch 2/4: val top-1 ..." log line per epoch: `food-assets run` shows it.
