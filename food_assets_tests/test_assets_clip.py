@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from food_assets.assets._common import Skipped
 from food_assets.definitions import build_definitions, default_resources
+from food_assets.defs.assets._common import Skipped
 from food_assets.ml.models import get_model_spec
 from food_assets_tests.reference import reference_pointing_game
 from food_assets_tests.test_ml_clip import TINY_ARCH, TINY_CFG

@@ -12,14 +12,14 @@ import dagster as dg
 import pydantic
 import pytest
 
-from food_assets.assets.models import model_config_class
-from food_assets.config_classes import config_class, config_field_type
 from food_assets.definitions import defs
+from food_assets.defs.assets.models import model_config_class
+from food_assets.defs.config_classes import config_class, config_field_type
+from food_assets.defs.resources import LightningCompute
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.clip import WEIGHT_HELP, ClipConfig, clip_weights_available
 from food_assets.ml.models.weights import missing_imagenet_help
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
-from food_assets.resources import LightningCompute
 
 DERIVED = [
     *[(f"model_{n}", lambda n=n: model_config_class(get_model_spec(n))) for n in list_models()],

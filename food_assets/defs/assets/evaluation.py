@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout, model_registry, tracking, tracking_lineage
-from food_assets.assets._common import (
+from food_assets import layout
+from food_assets.catalog import calibration_record
+from food_assets.defs.assets._common import (
     MODEL_SHARED_MODULES,
     REEVALUATION_FRESHNESS,
     Skipped,
@@ -29,14 +30,16 @@ from food_assets.assets._common import (
     table_metadata,
     user_errors,
 )
-from food_assets.assets._pictures import picture
-from food_assets.assets.models import TrainedModel
-from food_assets.catalog import calibration_record
+from food_assets.defs.assets._pictures import picture
+from food_assets.defs.assets.models import TrainedModel
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore, QualityGates
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore, QualityGates
+from food_assets.tracking import lineage as tracking_lineage
+from food_assets.tracking import model_registry
+from food_assets.tracking import runs as tracking
 
 if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch and matplotlib
     from food_assets.ml.evaluation import ComparisonResult, EvaluationResult

@@ -20,7 +20,8 @@ import dagster as dg
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import (
+from food_assets.catalog import load_temperature
+from food_assets.defs.assets._common import (
     MODEL_SHARED_MODULES,
     Skipped,
     code_version,
@@ -29,13 +30,12 @@ from food_assets.assets._common import (
     skipped_output,
     user_errors,
 )
-from food_assets.catalog import load_temperature
-from food_assets.config_classes import config_class
+from food_assets.defs.config_classes import config_class
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore, QualityGates
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore, QualityGates
 
 if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch and onnx
     from food_assets.ml.export.bundle_export import ExportResult
