@@ -53,6 +53,7 @@ ASSET_MODULES = [
     "food_assets.defs.assets.data",
     "food_assets.defs.assets.models",
     "food_assets.defs.assets.evaluation",
+    "food_assets.defs.assets.leaderboard",
     "food_assets.defs.assets.explain",
     "food_assets.defs.assets.export",
     "food_assets.defs.assets.batch",  # batch_predictions: the champion scores each drop of photos
