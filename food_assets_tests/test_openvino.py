@@ -72,13 +72,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = export_bundle(
         fit.bundle_dir,
         splits,
-        out / "model.onnx",
+        out,
         temperature=1.0,
-        parity_path=out / "parity.json",
-        latency_path=out / "latency.json",
         latency_repeats={1: 5, 32: 1},
         int8=QuantizeConfig(),
-        int8_record_path=out / "int8.json",
     )
     return {"root": root, "splits": splits, "bundle": fit.bundle_dir, "result": result}
 
