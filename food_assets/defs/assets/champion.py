@@ -14,8 +14,6 @@ from food_assets import layout
 from food_assets.tracking import model_registry
 from food_assets.tracking import runs as tracking
 
-ACCURACY_CHECK = layout.ACCURACY_CHECK
-
 
 def _candidate(instance: Any, key: str, report: Any) -> tracking.Candidate:
     """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
@@ -31,17 +29,17 @@ def _candidate(instance: Any, key: str, report: Any) -> tracking.Candidate:
     version = int(version) if isinstance(version, int | float | str) and str(version) else None
     asset_key = dg.AssetKey(layout.evaluation_asset(model))
     record = instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
+        dg.AssetCheckKey(asset_key, layout.ACCURACY_CHECK)
     )
     latest = instance.get_latest_materialization_event(asset_key)
     evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
     if evaluation is None or not hasattr(evaluation, "passed"):
-        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
+        return Candidate(model, acc, None, False, version, f"no {layout.ACCURACY_CHECK} result")
     if latest is None or latest.run_id != record.run_id:
         return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
     floor_value = evaluation.metadata.get("floor")
     floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
-    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
+    reason = "" if evaluation.passed else f"{layout.ACCURACY_CHECK} failed"
     if version is None:
         reason = reason or "no registered model version"
     return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
