@@ -16,9 +16,9 @@ setup:
 # The whole graph on the sample, in process: one line per step, then the leaderboard, the
 # champion, the checks that did not pass and what to run next (`food-assets run --help`;
 # -v prints Dagster's full event log too). It first marks runs whose process died (a SIGKILL,
-# the OOM killer) failed and frees their `gpu` slots (food_assets/recovery.py, ADR 0025).
+# the OOM killer) failed and frees their `gpu` slots (food_assets/defs/recovery.py, ADR 0025).
 # The same run through Dagster's own CLI (run the recovery first there):
-#   .venv/bin/python -m food_assets.recovery
+#   .venv/bin/python -m food_assets.defs.recovery
 #   .venv/bin/dg launch --assets 'not key:batch_predictions' --config configs/sample.yaml
 run: setup
 	.venv/bin/food-assets run --config configs/sample.yaml

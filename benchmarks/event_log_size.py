@@ -75,10 +75,10 @@ def _source_config(classes: int, per_class: int, work: Path) -> dict:
 def _run(mode: str, models: list[str], source: dict, work: Path) -> dict:
     import dagster as dg
 
-    from food_assets.assets import evaluation, explain
-    from food_assets.assets import models as model_assets
     from food_assets.definitions import build_definitions, default_resources
-    from food_assets.resources import QualityGates
+    from food_assets.defs.assets import evaluation, explain
+    from food_assets.defs.assets import models as model_assets
+    from food_assets.defs.resources import QualityGates
 
     modules = (model_assets, evaluation, explain)
     saved = {m: m.file_ref for m in modules}

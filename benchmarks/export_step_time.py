@@ -40,12 +40,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             export_bundle(
                 bundle_dir,
                 splits,
-                out / "model.onnx",
+                out,
                 temperature=1.0,
-                parity_path=out / "parity.json",
-                latency_path=out / "latency.json",
                 int8=QuantizeConfig(),
-                int8_record_path=out / "int8.json",
                 openvino=openvino,
             )
             times[label].append(time.perf_counter() - t0)

@@ -205,10 +205,8 @@ def step_export(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result = export_bundle(
         work / "bundle",
         _splits(work),
-        work / "model.onnx",
+        work,
         temperature=1.0,
-        parity_path=work / "parity.json",
-        latency_path=work / "latency.json",
         n_parity=32,
         latency_repeats={1: 10, 32: 2},  # ExportConfig's defaults
     )

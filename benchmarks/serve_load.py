@@ -70,9 +70,10 @@ def register(data: Path, model: str) -> Path:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.` from a script
     from benchmarks.synthetic_food101 import FOOD101_CLASSES
-    from food_assets import model_registry, tracking
     from food_assets.ml.models.bundle import ModelCard, save_bundle
     from food_assets.ml.models.registry import create_model, get_model_spec
+    from food_assets.tracking import model_registry
+    from food_assets.tracking import runs as tracking
 
     torch.manual_seed(0)
     net = create_model(model, num_classes=len(FOOD101_CLASSES), weights="none").eval()

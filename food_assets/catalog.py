@@ -30,7 +30,7 @@ from food_assets.storage import ArtifactStorage, default_data_dir
 
 if TYPE_CHECKING:
     from food_assets.ml.inference.predictor import Predictor
-    from food_assets.model_registry import RegistryVersion
+    from food_assets.tracking.model_registry import RegistryVersion
 
 #: Root-relative paths: `layout` functions applied to this give `artifacts/<asset>/...`.
 _REL = PurePosixPath()
@@ -237,7 +237,7 @@ def registry_model(
     Raises `UnknownModelError` for a name, alias or version the registry does not have and
     `CheckpointError` when the version's label map disagrees with its bundle.
     """
-    from food_assets import model_registry as registry
+    from food_assets.tracking import model_registry as registry
 
     uri = uri or registry.registry_uri(data)
     found = registry.find_registered_version(ref, uri=uri)

@@ -9,8 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from food_assets.io_manager import AssetValueIOManager
-from food_assets.resources import (
+from food_assets.defs.io_manager import AssetValueIOManager
+from food_assets.defs.resources import (
     ArtifactStore,
     LightningCompute,
     QualityGates,
@@ -50,12 +50,13 @@ def default_resources(data_dir: str | None = None) -> dict[str, Any]:
 
 # Each module defines its assets (factories over the model registry) and their checks.
 ASSET_MODULES = [
-    "food_assets.assets.data",
-    "food_assets.assets.models",
-    "food_assets.assets.evaluation",
-    "food_assets.assets.explain",
-    "food_assets.assets.export",
-    "food_assets.assets.batch",  # batch_predictions: the champion scores each drop of photos
+    "food_assets.defs.assets.data",
+    "food_assets.defs.assets.models",
+    "food_assets.defs.assets.evaluation",
+    "food_assets.defs.assets.leaderboard",
+    "food_assets.defs.assets.explain",
+    "food_assets.defs.assets.export",
+    "food_assets.defs.assets.batch",  # batch_predictions: the champion scores each drop of photos
 ]
 
 
@@ -66,10 +67,10 @@ def _modules() -> list:
 #: The assets made once per registry entry: (module, its module-level list, factory(name)).
 #: `build_definitions(models=...)` calls the factories instead of taking the lists.
 PER_MODEL_FACTORIES = [
-    ("food_assets.assets.models", "MODEL_ASSETS", "build_model_asset"),
-    ("food_assets.assets.evaluation", "EVALUATION_ASSETS", "build_evaluation_asset"),
-    ("food_assets.assets.explain", "EXPLAIN_ASSETS", "build_explain_asset"),
-    ("food_assets.assets.export", "EXPORT_DEFS", "build_export_asset"),
+    ("food_assets.defs.assets.models", "MODEL_ASSETS", "build_model_asset"),
+    ("food_assets.defs.assets.evaluation", "EVALUATION_ASSETS", "build_evaluation_asset"),
+    ("food_assets.defs.assets.explain", "EXPLAIN_ASSETS", "build_explain_asset"),
+    ("food_assets.defs.assets.export", "EXPORT_DEFS", "build_export_asset"),
 ]
 
 
@@ -107,8 +108,8 @@ def build_definitions(
             default: the entries registered when the asset modules were imported. A test that
             registers a model of its own passes `list_models()` after registering it.
     """
-    from food_assets import schedules
-    from food_assets.assets import batch
+    from food_assets.defs import schedules
+    from food_assets.defs.assets import batch
 
     modules = _modules()
     assets = dg.load_assets_from_modules(modules)

@@ -105,7 +105,7 @@ def require_asset(defs: dg.Definitions, target: str) -> dg.AssetKey:
     if not defs.resolve_asset_graph().has(key):
         raise LaunchError(
             f"asset {target} is not defined in this build (is its module present in "
-            "food_assets/assets/?)"
+            "food_assets/defs/assets/?)"
         )
     return key
 
@@ -138,7 +138,7 @@ def is_reusable(instance: dg.DagsterInstance, key: dg.AssetKey, data_dir: Path) 
     artifact root this data folder uses (the IO manager's `value.json` record, ADR 0009): a
     value materialized for another --data-dir or artifact root is not there.
     """
-    from food_assets.io_manager import asset_name
+    from food_assets.defs.io_manager import asset_name
     from food_assets.storage import ArtifactStorage
 
     if instance.get_latest_materialization_event(key) is None:
@@ -251,7 +251,7 @@ def execute(
         loggers: extra Dagster loggers by name, next to Dagster's own `console`.
         logger: the logger to use unless the run config names its own.
         tracking_uri: the MLflow store the run logs to; runs of dead processes that left MLflow
-            runs RUNNING there are ended before this one starts (`food_assets.recovery`).
+            runs RUNNING there are ended before this one starts (`food_assets.defs.recovery`).
         echo: prints the recovery's and the run guard's lines (default: stderr).
     """
     # The job API rather than `dg.materialize`: it lets the run have a name of its own in the UI
@@ -270,7 +270,7 @@ def execute(
     run_config.setdefault("loggers", {logger: {}})
     # Runs killed earlier (SIGKILL, OOM) would hold their pool slots for ever: reap them first,
     # and tag this run with its process so that a later launch can tell if it dies (ADR 0025).
-    from food_assets import recovery, run_guard
+    from food_assets.defs import recovery, run_guard
 
     say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     recovery.reap_stale_runs(

@@ -37,7 +37,6 @@ from food_assets.ml.export.files import (
     INT8_RECORD_FILE,
     LATENCY_FILE,
     ONNX_FILE,
-    PARITY_FILE,
 )
 from food_assets.ml.export.files import ONNX_INT8_FILE as ONNX_INT8_FILE  # re-exported
 
@@ -152,10 +151,6 @@ def calibration_file(root: P, name: str) -> P:
     return evaluation_dir(root, name) / "calibration.json"  # type: ignore[operator]
 
 
-def predictions_file(root: P, name: str) -> P:
-    return evaluation_dir(root, name) / "predictions.parquet"  # type: ignore[operator]
-
-
 def onnx_dir(root: P, name: str) -> P:
     return asset_dir(root, onnx_asset(name))
 
@@ -167,10 +162,6 @@ def onnx_file(root: P, name: str) -> P:
 def int8_record_file(root: P, name: str) -> P:
     """The int8 export's record (quantization, gate, latency) as JSON, beside the file."""
     return onnx_dir(root, name) / INT8_RECORD_FILE  # type: ignore[operator]
-
-
-def parity_file(root: P, name: str) -> P:
-    return onnx_dir(root, name) / PARITY_FILE  # type: ignore[operator]
 
 
 def latency_file(root: P, name: str) -> P:

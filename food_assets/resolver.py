@@ -23,10 +23,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from food_assets import catalog, layout, model_registry
+from food_assets import catalog, layout
 from food_assets.catalog import MaterializedModel
 from food_assets.ml.errors import FoodAssetsError, UnknownModelError
 from food_assets.storage import ArtifactStorage
+from food_assets.tracking import model_registry
 
 #: The value-record field of `model_<name>` that holds the MLflow run it was logged in.
 RUN_ID_FIELD = "mlflow_run_id"

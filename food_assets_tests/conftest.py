@@ -172,7 +172,7 @@ def graph_run(tmp_path_factory):
     from food_assets.definitions import build_definitions, default_resources
 
     data_dir = tmp_path_factory.mktemp("graph") / "data"
-    from food_assets.resources import QualityGates
+    from food_assets.defs.resources import QualityGates
 
     resources = default_resources(str(data_dir))
     # Two epochs at 48 px leave the scratch models near chance: gate nothing here; the checks'

@@ -52,8 +52,8 @@ def register_bundle(bundle: Path, uri: str, *, experiment: str = "serve_tests") 
     the version number."""
     import mlflow
 
-    from food_assets import tracking
     from food_assets.ml.models.bundle import load_card
+    from food_assets.tracking import runs as tracking
 
     card = load_card(bundle)
     before = mlflow.get_tracking_uri()

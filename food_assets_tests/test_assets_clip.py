@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from food_assets.assets._common import Skipped
 from food_assets.definitions import build_definitions, default_resources
+from food_assets.defs.assets._common import Skipped
 from food_assets.ml.models import get_model_spec
 from food_assets_tests.reference import reference_pointing_game
 from food_assets_tests.test_ml_clip import TINY_ARCH, TINY_CFG
@@ -41,7 +41,6 @@ def clip_run(tmp_path_factory):
         "on_missing_weights": "error",
         "device": "cpu",
         "batch_size": 16,
-        "k_shots": [1, 2, 4],
     }
     ops = {
         "food_images_raw": {
@@ -52,6 +51,8 @@ def clip_run(tmp_path_factory):
             }
         },
         **{f"model_{n}": {"config": clip_config} for n in CLIP},
+        # The probe's own field (ClipProbeConfig): a zero-shot run config has no `k_shots`.
+        "model_clip_linear_probe": {"config": {**clip_config, "k_shots": [1, 2, 4]}},
         **{f"evaluation_{n}": {"config": {"n_bootstrap": 100}} for n in CLIP},
         **{
             f"onnx_{n}": {"config": {"latency_repeats": 2, "latency_repeats_batch32": 1}}

@@ -8,8 +8,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from food_assets.assets import data
-from food_assets.resources import QualityGates
+from food_assets.defs.assets import data
+from food_assets.defs.resources import QualityGates
 from food_assets_tests.images import write_bad_files
 from food_assets_tests.test_data import make_fake_food101
 

@@ -11,14 +11,14 @@ import onnx
 import pandas as pd
 import pytest
 
-from food_assets.assets._common import Skipped
-from food_assets.assets.evaluation import EvaluationConfig
 from food_assets.catalog import load_temperature
 from food_assets.definitions import build_definitions
+from food_assets.defs.assets._common import Skipped
+from food_assets.defs.assets.evaluation import EvaluationConfig
+from food_assets.defs.resources import QualityGates
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import load_card
-from food_assets.resources import QualityGates
 from food_assets_tests.reference import reference_pointing_game
 
 pytestmark = pytest.mark.slow

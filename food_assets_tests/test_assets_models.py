@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from food_assets.assets._common import Skipped
+from food_assets.defs.assets._common import Skipped
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import load_bundle
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from food_assets.assets.batch import (
+from food_assets.defs.assets.batch import (
     BATCH_ASSET,
     DROPS,
     LOW_CONFIDENCE_CHECK,

@@ -127,7 +127,7 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import dagster as dg
 
     from food_assets.definitions import build_definitions, default_resources
-    from food_assets.resources import QualityGates
+    from food_assets.defs.resources import QualityGates
 
     root = tmp_path_factory.mktemp("dagster")
     home, data_dir = root / "home", root / "data"
@@ -376,7 +376,7 @@ def _loaded(driver: Any) -> bool:
 
 
 def test_dagster_ui_in_chromium(browser, dagster_ui: str, tmp_path: Path) -> None:
-    from food_assets.schedules import REEVALUATE_CRON
+    from food_assets.defs.schedules import REEVALUATE_CRON
 
     # Definitions, through the webserver's GraphQL API: jobs, schedule, asset checks.
     data = _graphql(dagster_ui, DEFINITIONS_QUERY)

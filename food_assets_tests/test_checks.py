@@ -16,13 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from food_assets.assets._common import not_evaluated
-from food_assets.assets.evaluation import (
+from food_assets.defs.assets._common import not_evaluated
+from food_assets.defs.assets.evaluation import (
     ACCURACY_CHECK,
     EvaluationReport,
     accuracy_check_result,
 )
-from food_assets.assets.explain import SANITY_CHECK, sanity_check_result
+from food_assets.defs.assets.explain import SANITY_CHECK, sanity_check_result
+from food_assets.defs.resources import QualityGates
 from food_assets.ml.explain.sanity import deletion_test, pointing_baseline, pointing_game
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.quality import (
@@ -31,7 +32,6 @@ from food_assets.ml.quality import (
     check_no_content_leak,
     check_no_image_in_two_splits,
 )
-from food_assets.resources import QualityGates
 
 CLASSES = ("apple_pie", "bibimbap", "churros")
 

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-from food_assets.assets import data
-from food_assets.assets.models import MODEL_ASSETS
 from food_assets.definitions import build_definitions
+from food_assets.defs.assets import data
+from food_assets.defs.assets.models import MODEL_ASSETS
+from food_assets.defs.resources import QualityGates
 from food_assets.ml.models import get_model_spec, list_models
-from food_assets.resources import QualityGates
 
 pytestmark = pytest.mark.slow
 

@@ -321,7 +321,7 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     chance and the blocking accuracy check would fail the evaluation run (the gate has tests of
     its own)."""
     import food_assets.definitions as defs
-    import food_assets.resources as res
+    import food_assets.defs.resources as res
 
     home = tmp_path / "dagster_home"
     home.mkdir()

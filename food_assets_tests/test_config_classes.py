@@ -12,14 +12,19 @@ import dagster as dg
 import pydantic
 import pytest
 
-from food_assets.assets.models import model_config_class
-from food_assets.config_classes import config_class, config_field_type
 from food_assets.definitions import defs
+from food_assets.defs.assets.models import model_config_class
+from food_assets.defs.config_classes import config_class, config_field_type
+from food_assets.defs.resources import LightningCompute
 from food_assets.ml.models import get_model_spec, list_models
-from food_assets.ml.models.clip import WEIGHT_HELP, ClipConfig, clip_weights_available
+from food_assets.ml.models.clip import (
+    WEIGHT_HELP,
+    ClipConfig,
+    ClipProbeConfig,
+    clip_weights_available,
+)
 from food_assets.ml.models.weights import missing_imagenet_help
 from food_assets.ml.training.config import ComputeConfig, TrainConfig
-from food_assets.resources import LightningCompute
 
 DERIVED = [
     *[(f"model_{n}", lambda n=n: model_config_class(get_model_spec(n))) for n in list_models()],
@@ -92,7 +97,8 @@ def test_help_texts_name_keys_that_run_config_can_set() -> None:
         assert keys(text) and keys(text) <= clip, keys(text) - clip
     train = set(model_config_class(get_model_spec("resnet50")).model_fields)
     assert keys(missing_imagenet_help("resnet50", "resnet50")) <= train
-    for cls, fields in ((ClipConfig, clip), (TrainConfig, train)):
+    probe = set(model_config_class(get_model_spec("clip_linear_probe")).model_fields)
+    for cls, fields in ((ClipConfig, clip), (ClipProbeConfig, probe), (TrainConfig, train)):
         for f in dataclasses.fields(cls):
             assert keys(f.metadata["description"]) <= fields, f.name
 
@@ -107,11 +113,38 @@ def test_clip_settings_once_python_only_are_run_config_keys() -> None:
         "quick_gelu": True,
         "model_cfg": {"embed_dim": 32, "vision_cfg": {"layers": 2}, "text_cfg": {"width": 32}},
         "template_eval_splits": ["val", "test"],
-        "max_iter": 200,
         "allow_download": False,
     }
     for name in ("clip_zero_shot", "clip_vit_l14_zero_shot", "clip_linear_probe"):
         assert dg.validate_run_config(job, {"ops": {f"model_{name}": {"config": config}}})
+    probe = {"model_clip_linear_probe": {"config": {**config, "max_iter": 200}}}
+    assert dg.validate_run_config(job, {"ops": probe})
+
+
+#: The linear probe's own settings (`ClipProbeConfig`), none of them a zero-shot setting.
+PROBE_ONLY = {"k_shots", "c_grid", "max_iter", "zero_shot_ensemble"}
+
+
+def test_a_zero_shot_run_config_shows_no_probe_field() -> None:
+    """`model_clip_zero_shot`'s (and ViT-L/14's) run config schema lacks the linear probe's
+    fields, which `model_clip_linear_probe`'s has, over the same shared CLIP fields; a probe key
+    given to a zero-shot model is refused by Dagster's validation.
+
+    Breakage tried: the probe fields put back on `ClipConfig` (the zero-shot schema shows
+    them), or the probe entry given `config_cls=ClipConfig` (its schema loses them)."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    probe = set(model_config_class(get_model_spec("clip_linear_probe")).model_fields)
+    assert PROBE_ONLY <= probe
+    for name in ("clip_zero_shot", "clip_vit_l14_zero_shot"):
+        fields = set(model_config_class(get_model_spec(name)).model_fields)
+        assert not fields & PROBE_ONLY, fields & PROBE_ONLY
+        assert fields == probe - PROBE_ONLY  # the shared base, nothing else
+        schema = job.run_config_schema.config_type.fields["ops"].config_type.fields
+        op_fields = schema[f"model_{name}"].config_type.fields["config"].config_type.fields
+        assert not set(op_fields) & PROBE_ONLY
+        bad = {"ops": {f"model_{name}": {"config": {"k_shots": [1]}}}}
+        with pytest.raises(dg.DagsterInvalidConfigError, match="k_shots"):
+            dg.validate_run_config(job, bad)
 
 
 def test_run_config_is_checked_by_the_dataclass() -> None:

@@ -16,8 +16,8 @@ import dagster as dg
 import pytest
 
 from food_assets import layout
-from food_assets.assets import _common
 from food_assets.definitions import defs
+from food_assets.defs.assets import _common
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.registry import FitSkipped
 
@@ -199,8 +199,8 @@ def test_a_changed_spec_shows_the_model_as_stale(resources, small_sample_config,
     )
     from dagster._core.loader import LoadingContextForTest
 
-    from food_assets.assets.data import food_images_raw, food_splits
-    from food_assets.assets.models import build_model_asset
+    from food_assets.defs.assets.data import food_images_raw, food_splits
+    from food_assets.defs.assets.models import build_model_asset
 
     instance = dg.DagsterInstance.ephemeral()
     before = [food_images_raw, food_splits, build_model_asset(_probe_spec())]
@@ -276,8 +276,8 @@ def test_a_retried_training_resumes_from_last_ckpt(
     import pandas as pd
 
     import food_assets.ml.training.fit as training_fit
-    from food_assets.assets import models as model_assets
-    from food_assets.assets.data import food_images_raw, food_splits
+    from food_assets.defs.assets import models as model_assets
+    from food_assets.defs.assets.data import food_images_raw, food_splits
     from food_assets.ml.training.checkpoints import history_rows, load_checkpoint_file
     from food_assets_tests.conftest import tiny_run_config
 

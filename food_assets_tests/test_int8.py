@@ -55,13 +55,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = export_bundle(
         bundle,
         splits,
-        out / "model.onnx",
+        out,
         temperature=1.3,
-        parity_path=out / "parity.json",
-        latency_path=out / "latency.json",
         latency_repeats={1: 5, 32: 1},
         int8=QuantizeConfig(),
-        int8_record_path=out / "int8.json",
         openvino=False,  # the ONNX Runtime pair alone; OpenVINO's variants: test_openvino.py
     )
     return {"root": root, "splits": splits, "bundle": bundle, "result": result}
@@ -248,11 +245,10 @@ def test_int8_off_removes_a_stale_int8_file(sample, tmp_path) -> None:
     result = export_bundle(
         sample["bundle"],
         sample["splits"],
-        folder / "model.onnx",
+        folder,
         temperature=1.0,
-        parity_path=folder / "parity.json",
+        measure_latency=False,
         int8=QuantizeConfig(enabled=False),
-        int8_record_path=folder / "int8.json",
         openvino=False,
     )
     assert result.int8_path is None and result.int8_gate is None
@@ -276,7 +272,3 @@ def test_bad_precision_is_a_clear_error(sample) -> None:
         load_predictor(sample["bundle"], precision="int8")
     with pytest.raises(CheckpointError):
         load_predictor(folder / "nope.onnx", precision="int8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Through Dagster: the onnx_<name> asset, its int8_accuracy check, the leaderboard

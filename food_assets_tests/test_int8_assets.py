@@ -77,8 +77,8 @@ def test_a_broken_calibration_fails_int8_accuracy_and_int8_is_not_served(
     import dagster as dg
     from PIL import Image
 
+    from food_assets.defs.resources import QualityGates
     from food_assets.ml.export import bundle_export
-    from food_assets.resources import QualityGates
 
     name = "custom_cnn"
     grey = tmp_path / "grey.png"

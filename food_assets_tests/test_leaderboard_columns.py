@@ -22,7 +22,8 @@ def test_one_new_column_reaches_the_table_the_markdown_and_the_row(monkeypatch) 
     the Markdown, and `_comparison_row` fills it from the evaluation's summary. Breakages
     tried, each fails: the Markdown back to its own list of headers (no `top-3 acc` column);
     the row back to a fixed metric list (None: the cell shows `-`)."""
-    from food_assets.assets.evaluation import EvaluationReport, _comparison_row
+    from food_assets.defs.assets.evaluation import EvaluationReport
+    from food_assets.defs.assets.leaderboard import _comparison_row
 
     new = Column("acc_top3", "top-3 acc", ".2f")
     monkeypatch.setattr(compare, "LEADERBOARD", (*compare.LEADERBOARD, new))
@@ -33,7 +34,9 @@ def test_one_new_column_reaches_the_table_the_markdown_and_the_row(monkeypatch) 
         def fetch(self, *args, **kwargs):
             return None
 
-    monkeypatch.setattr("food_assets.assets.evaluation._latency_columns", lambda store, name: {})
+    monkeypatch.setattr(
+        "food_assets.defs.assets.leaderboard._latency_columns", lambda store, name: {}
+    )
     rows = [
         _comparison_row(
             name,

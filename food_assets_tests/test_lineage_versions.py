@@ -124,8 +124,8 @@ def test_new_images_make_the_models_stale_and_the_same_images_do_not(
     )
     from dagster._core.loader import LoadingContextForTest
 
-    from food_assets.assets.data import food_images_raw, food_splits
-    from food_assets.assets.models import build_model_asset
+    from food_assets.defs.assets.data import food_images_raw, food_splits
+    from food_assets.defs.assets.models import build_model_asset
 
     root = _tree(tmp_path / "tree")
     spec = dataclasses.replace(get_model_spec("custom_cnn"), name=PROBE, fit=_skip_fit)

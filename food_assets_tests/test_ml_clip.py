@@ -27,6 +27,7 @@ from food_assets.ml.models.clip import (
     DEFAULT_TEMPLATES,
     ClipConfig,
     ClipLinearProbe,
+    ClipProbeConfig,
     ClipZeroShotClassifier,
     build_class_embeddings,
     clean_class_name,
@@ -108,8 +109,9 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> SplitManifest:
 
 
 @pytest.fixture()
-def cfg(tiny_checkpoint) -> ClipConfig:
-    return ClipConfig(
+def cfg(tiny_checkpoint) -> ClipProbeConfig:
+    # The probe's settings: the zero-shot functions take them too (a `ClipConfig` subclass).
+    return ClipProbeConfig(
         arch=TINY_ARCH,
         model_cfg=TINY_CFG,
         weights=str(tiny_checkpoint),

@@ -16,8 +16,10 @@ import dagster as dg
 import mlflow
 import pytest
 
-from food_assets import catalog, model_registry, tracking
+from food_assets import catalog
 from food_assets.ml.errors import UnknownModelError
+from food_assets.tracking import model_registry
+from food_assets.tracking import runs as tracking
 from food_assets_tests.conftest import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def test_a_run_left_active_against_a_vanished_store_is_ended(tmp_path):
     """`_end_stale_runs` ends a run whose store is gone (another test's data folder) with the
     public API and leaves nothing active. Breakage tried: `_end_active_run` without its
     `except MlflowException` (the loop raises "Run ... not found")."""
-    from food_assets.resources import _end_stale_runs
+    from food_assets.defs.resources import _end_stale_runs
 
     before = mlflow.get_tracking_uri()
     try:
@@ -101,11 +103,11 @@ def test_no_private_mlflow_api_in_the_tracking_code():
     MLflow's public API only. Breakage tried: the old `fluent._active_run_stack` fallback in
     `_end_stale_runs` (fails)."""
     for rel in (
-        "food_assets/resources.py",
-        "food_assets/tracking.py",
+        "food_assets/defs/resources.py",
+        "food_assets/tracking/runs.py",
         "food_assets/catalog.py",
-        "food_assets/model_registry.py",
-        "food_assets/tracking_lineage.py",
+        "food_assets/tracking/model_registry.py",
+        "food_assets/tracking/lineage.py",
     ):
         tree = ast.parse((REPO / rel).read_text())
         private = {
@@ -141,8 +143,8 @@ def registry_runs(tmp_path_factory):
     Run 2 materializes the leaderboard alone over the stored evaluations, on the same instance
     (which holds the check results). Both are real `dg.materialize` calls."""
     from food_assets.definitions import build_definitions, default_resources
+    from food_assets.defs.resources import QualityGates, food_mlflow, mlflow_tracking_uri
     from food_assets.ml.models import get_model_spec, list_models
-    from food_assets.resources import QualityGates, food_mlflow, mlflow_tracking_uri
 
     data_dir = tmp_path_factory.mktemp("registry") / "data"
     resources = default_resources(str(data_dir))
@@ -443,7 +445,7 @@ def test_test_metrics_are_linked_to_the_logged_model_and_rank_the_leaderboard(re
     models have no metrics: the MLflow leaderboard is empty); ordered ascending (the order
     check fails); the test digest filter ignoring the digest (the unknown-digest case fails)."""
     from food_assets.ml.data.lineage import short
-    from food_assets.tracking_lineage import leaderboard_from_mlflow
+    from food_assets.tracking.lineage import leaderboard_from_mlflow
 
     client, result = registry_runs["client"], registry_runs["runs"]["train"]
     splits = result.output_for_node("food_splits")
@@ -480,3 +482,18 @@ def test_test_metrics_are_linked_to_the_logged_model_and_rank_the_leaderboard(re
     assert list(rebuilt["model"]) == list(table["model"])
     assert list(rebuilt["test/acc_top1"]) == pytest.approx(list(table["acc_top1"]))
     assert leaderboard_from_mlflow(tracking_uri=registry_runs["uri"], test_digest="0" * 16).empty
+
+
+def test_a_model_registered_before_the_move_finds_its_pyfunc_class() -> None:
+    """MLflow pickled the pyfunc by reference: a model logged before the MLflow code moved to
+    `food_assets/tracking/` (ADR 0026) names `food_assets.server.pyfunc.FoodClassifier`. That
+    name still gives the class the tracking side logs today.
+
+    Breakage tried: `food_assets/server/pyfunc.py` deleted: the unpickling raises
+    ModuleNotFoundError."""
+    import pickle
+
+    from food_assets.tracking.pyfunc import FoodClassifier
+
+    old = b"cfood_assets.server.pyfunc\nFoodClassifier\n."  # protocol 0: a GLOBAL, then STOP
+    assert pickle.loads(old) is FoodClassifier  # noqa: S301 (our own bytes)

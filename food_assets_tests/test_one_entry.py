@@ -37,10 +37,10 @@ register(
 PROBE = f"""
 import json
 from typer.testing import CliRunner
-from food_assets.assets.evaluation import EvaluationReport, accuracy_check_result
+from food_assets.defs.assets.evaluation import EvaluationReport, accuracy_check_result
 from food_assets.cli import app
 from food_assets.definitions import defs
-from food_assets.resources import QualityGates
+from food_assets.defs.resources import QualityGates
 
 graph = defs.resolve_asset_graph()
 keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())

@@ -54,13 +54,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = export_bundle(
         bundle,
         splits,
-        out / "model.onnx",
+        out,
         temperature=1.0,
-        parity_path=out / "parity.json",
-        latency_path=out / "latency.json",
         latency_repeats={1: 5, 32: 1},
         int8=QuantizeConfig(),
-        int8_record_path=out / "int8.json",
     )
     return {"root": root, "splits": splits, "bundle": bundle, "result": result}
 

@@ -38,7 +38,7 @@ pytestmark = [
 #: on the tiny sample sits near chance; the gates have tests of their own), as test_cli does.
 NO_GATE = r"""
 import food_assets.definitions as _defs
-import food_assets.resources as _res
+import food_assets.defs.resources as _res
 _real_default_resources = _defs.default_resources
 def _no_gate(data_dir=None):
     resources = _real_default_resources(data_dir)
@@ -338,7 +338,7 @@ MATRIX = [
      "food_assets.ml.export.quantize:quantize_onnx", "before"),
     # Also passed, left out to keep the suite's time (each point costs two process starts and
     # a step; 8 min 49 s for all five on a loaded 2-core machine): the scan
-    # ("food_assets.assets.data:collect_raw_images", before, with --rebuild-parents) and the
+    # ("food_assets.defs.assets.data:collect_raw_images", before, with --rebuild-parents) and the
     # fp32 export ("food_assets.ml.export.onnx_export:export_onnx", after).
 ]  # fmt: skip
 
@@ -443,15 +443,15 @@ with dg.DagsterInstance.get() as instance:
 def test_recovery_command_reaps_a_run_known_only_by_dagsters_engine_event(
     tmp_path: Path,
 ) -> None:
-    """`python -m food_assets.recovery` (what `make run` runs before `dg launch`) on two runs of
-    a plain Dagster job that hold the `gpu` slot in turn, neither tagged by the launcher: the
+    """`python -m food_assets.defs.recovery` (what `make run` runs before `dg launch`) on two runs
+    of a plain Dagster job that hold the `gpu` slot in turn, neither tagged by the launcher: the
     pid comes from Dagster's "Executing steps in process (pid: N)" event. While the holder
     lives, nothing is reaped; once it is SIGKILLed, its run is FAILED and the slot free.
     Breakage tried: `is_gone` returning True for a live pid (the live holder is reaped: the
     first assertion fails); no engine-event fallback (nothing is ever reaped)."""
     setup = Setup(tmp_path)
     marker = tmp_path / "holding"
-    reap = [sys.executable, "-m", "food_assets.recovery", str(setup.data)]
+    reap = [sys.executable, "-m", "food_assets.defs.recovery", str(setup.data)]
     with _process([sys.executable, "-c", PLAIN_DAGSTER_RUN, str(marker)], setup.env(),
                   tmp_path / "holder.log") as holder:  # fmt: skip
         _wait_for(marker, holder)
@@ -485,7 +485,7 @@ def test_the_mlflow_resource_ends_runs_left_running_by_an_ended_dagster_run(
     import dagster as dg
     import mlflow
 
-    from food_assets.resources import food_mlflow
+    from food_assets.defs.resources import food_mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     instance = dg.DagsterInstance.ephemeral()

@@ -105,7 +105,7 @@ def test_team_gpu_run_config_validates_against_the_real_job() -> None:
     import dagster as dg
 
     from food_assets.definitions import build_definitions
-    from food_assets.resources import LightningCompute
+    from food_assets.defs.resources import LightningCompute
 
     run_config = yaml.safe_load((TEAM / "run_config_gpu.yaml").read_text())
     job = build_definitions().resolve_job_def("train_all")
@@ -117,14 +117,14 @@ def test_team_gpu_run_config_validates_against_the_real_job() -> None:
 def test_k8s_executor_config_sends_every_training_step_to_a_gpu_node() -> None:
     """Every model asset that trains or fits, and every op `configs/food101.yaml` runs with
     `device: cuda`, is a GPU step (the `gpu` pool, whose op tags place it on a GPU node:
-    food_assets/placement.py, test_placement.py), and the executor's run config keeps no
+    food_assets/defs/placement.py, test_placement.py), and the executor's run config keeps no
     per-step placement that could disagree with them (one place, ADR 0023).
 
     Breakage caught: a trained model added outside the `gpu` pool; an evaluation moved to CUDA
     in the recipe but left on a CPU pod; a `per_step_k8s_config` added back to the run config.
     """
     from food_assets.definitions import build_definitions
-    from food_assets.placement import GPU_OP_TAGS, GPU_POOL
+    from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
 
     cfg = yaml.safe_load((TEAM / "k8s_executor.yaml").read_text())["execution"]["config"]
     assert "per_step_k8s_config" not in cfg

@@ -96,7 +96,7 @@ def _team_setup(
     """Fresh `dagster<suffix>` and `mlflow<suffix>` databases, DAGSTER_HOME with the team's
     dagster.yaml, and the team's MLflow resource config (only the artifact root made local)."""
     from food_assets.definitions import default_resources
-    from food_assets.resources import QualityGates, food_mlflow
+    from food_assets.defs.resources import QualityGates, food_mlflow
 
     dagster_url = pg.create_database(f"dagster{suffix}")
     # MLflow's SQLAlchemy store picks the psycopg (3) driver for a bare postgresql:// URL; the
@@ -180,7 +180,7 @@ def test_team_config_runs_the_graph_on_postgres(
         meta = instance.fetch_materializations(dg.AssetKey("model_custom_cnn"), limit=1)
         materialization = meta.records[0].asset_materialization
         mlflow_run_id = materialization.metadata["mlflow_run_id"].value
-        # As is, bar its password (`food_assets.redact`, ADR 0025).
+        # As is, bar its password (`food_assets.tracking.redact`, ADR 0025).
         shown = mlflow_url.replace(f":{pg.password}@", ":***@")
         assert materialization.metadata["mlflow_tracking_uri"].value == shown
 
@@ -200,7 +200,7 @@ def test_team_config_runs_the_graph_on_postgres(
     assert {"best_val_acc", "test/acc_top1"} <= set(model_run.data.metrics)
     # Lineage on Postgres too (ADR 0023): the run's datasets, and the test top-1 on its logged
     # model, which the leaderboard rebuilt from MLflow alone finds.
-    from food_assets.tracking_lineage import leaderboard_from_mlflow
+    from food_assets.tracking.lineage import leaderboard_from_mlflow
 
     inputs = {d.dataset.name for d in model_run.inputs.dataset_inputs}
     assert inputs == {"food_splits/train", "food_splits/val", "food_splits/test"}

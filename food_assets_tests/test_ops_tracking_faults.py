@@ -99,7 +99,7 @@ def test_promote_champion_leaves_a_trustworthy_registry_between_any_two_writes(
     becomes the champion: fails)."""
     import mlflow
 
-    from food_assets import tracking
+    from food_assets.tracking import runs as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -164,7 +164,7 @@ def test_sigkill_during_the_leaderboards_registry_update_then_the_same_run_compl
 
     from food_assets.cli import app
     from food_assets.definitions import build_definitions, default_resources
-    from food_assets.resources import QualityGates
+    from food_assets.defs.resources import QualityGates
     from food_assets_tests.leaderboard_run import leaderboard_run_config, leaderboard_selection
 
     setup = Setup(tmp_path)
@@ -198,7 +198,7 @@ def test_sigkill_during_the_leaderboards_registry_update_then_the_same_run_compl
     marker = tmp_path / "marker"
     args = setup.cli("run", "--select", "leaderboard", "-c", str(board_config))
     argv = [sys.executable, "-c", CLI_THAT_HANGS_AT, str(marker),
-            "food_assets.tracking:tag_candidates", "after", *args]  # fmt: skip
+            "food_assets.tracking.runs:tag_candidates", "after", *args]  # fmt: skip
     with _process(argv, setup.env(), tmp_path / "killed.log") as proc:
         _wait_for(marker, proc)
         _kill(proc)
@@ -273,8 +273,8 @@ def test_server_errors_names_the_unreachable_server_and_lets_other_mlflow_errors
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from food_assets import tracking
     from food_assets.ml.errors import FoodAssetsError
+    from food_assets.tracking import runs as tracking
 
     port = _free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -318,8 +318,8 @@ def test_the_tracking_server_going_away_mid_training_fails_in_one_line_and_keeps
 
     import food_assets.ml.training.fit as training_fit
     from food_assets.definitions import build_definitions, default_resources
+    from food_assets.defs.resources import food_mlflow
     from food_assets.launcher import failure_reasons
-    from food_assets.resources import food_mlflow
 
     for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):  # fmt: skip

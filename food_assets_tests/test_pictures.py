@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from food_assets.assets._pictures import (
+from food_assets.defs.assets._pictures import (
     MAX_MARKDOWN_CHARS,
     MAX_WIDTH,
     encode_picture,

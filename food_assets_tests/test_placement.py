@@ -1,4 +1,4 @@
-"""GPU placement on every launch path (`food_assets/placement.py`, ADR 0023): every step in the
+"""GPU placement on every launch path (`food_assets/defs/placement.py`, ADR 0023): every step in the
 `gpu` pool carries the `dagster-k8s/config` and `dagster-celery/queue` op tags, and dagster-k8s
 turns them into a pod on a GPU node for a run launched the way the UI launches one."""
 
@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from food_assets import placement
 from food_assets.definitions import defs
+from food_assets.defs import placement
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_EXECUTOR = ROOT / "configs" / "team" / "k8s_executor.yaml"

@@ -1,10 +1,10 @@
-"""`food_assets.redact`: only the secret part of a URI or a message is masked (ADR 0025)."""
+"""`food_assets.tracking.redact`: only the secret part of a URI or message is masked (ADR 0025)."""
 
 from __future__ import annotations
 
 import pytest
 
-from food_assets.redact import redact_text, redact_uri, secrets_in_env
+from food_assets.tracking.redact import redact_text, redact_uri, secrets_in_env
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_mlflow_log_lines_are_redacted_by_the_filter(capfd: pytest.CaptureFixtur
 
     import mlflow  # noqa: F401  (sets up MLflow's handler)
 
-    from food_assets.redact import RedactingFilter, redact_logs
+    from food_assets.tracking.redact import RedactingFilter, redact_logs
 
     redact_logs("mlflow")
     logging.getLogger("mlflow.system_metrics.system_metrics_monitor").warning(

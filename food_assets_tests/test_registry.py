@@ -309,8 +309,8 @@ def test_clip_fits_name_the_card_after_the_spec(base, tiny_clip_checkpoint, spli
             weights=str(tiny_clip_checkpoint),
             device="cpu",
             batch_size=8,
-            k_shots=(1,),
-            c_grid=(1.0,),
+            # The probe's own fields (ClipProbeConfig); the zero-shot entries have none.
+            **({"k_shots": (1,), "c_grid": (1.0,)} if base == "clip_linear_probe" else {}),
         )
         result = fit_model(spec, splits, cfg, tmp_path, FitContext(feature_cache_dir=tmp_path))
         assert result.card.name == spec.name

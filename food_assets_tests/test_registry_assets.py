@@ -9,8 +9,8 @@ import dagster as dg
 import mlflow
 import pytest
 
-from food_assets.assets._common import Skipped
 from food_assets.definitions import build_definitions
+from food_assets.defs.assets._common import Skipped
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import load_bundle
 from food_assets.ml.models.registry import register, unregister

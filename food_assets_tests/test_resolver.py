@@ -21,9 +21,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from food_assets import layout, model_registry, resolver, tracking
+from food_assets import layout, resolver
 from food_assets.ml.errors import CheckpointError
 from food_assets.storage import RECORD_FORMAT
+from food_assets.tracking import model_registry
+from food_assets.tracking import runs as tracking
 from food_assets_tests.reference import spread_logits
 
 CLASSES = ["apple_pie", "pizza", "sushi", "tacos"]
@@ -59,7 +61,10 @@ def _record(data_dir: Path, name: str, run_id: str) -> None:
     """`model_<name>`'s value record as the IO manager writes it (only what the resolver reads
     matters: the MLflow run the model was logged in)."""
     path = layout.record_file(data_dir, layout.model_asset(name))
-    value = {"$type": "food_assets.assets.models:TrainedModel", "fields": {"mlflow_run_id": run_id}}
+    value = {
+        "$type": "food_assets.defs.assets.models:TrainedModel",
+        "fields": {"mlflow_run_id": run_id},
+    }
     path.write_text(json.dumps({"format": RECORD_FORMAT, "value": value}))
 
 

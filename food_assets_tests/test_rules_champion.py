@@ -16,7 +16,7 @@ import pytest
 from food_assets import catalog, layout
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.evaluation.compare import compare_models
-from food_assets.tracking import Candidate, choose_champion
+from food_assets.tracking.runs import Candidate, choose_champion
 
 # -- the champion (tracking.choose_champion) -----------------------------------------------------
 

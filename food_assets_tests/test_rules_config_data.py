@@ -10,8 +10,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from food_assets.assets import data
 from food_assets.definitions import default_resources
+from food_assets.defs.assets import data
 
 ASSETS = [data.food_images_raw, data.food_splits]
 BASE = {"sample_num_classes": 3, "sample_images_per_class": 12, "sample_image_size": 48}

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # trains a tiny model in a real Dagster run (~20 
 
 def _materialize(data_dir, evaluation_config: dict):
     from food_assets.definitions import build_definitions, default_resources
-    from food_assets.resources import QualityGates
+    from food_assets.defs.resources import QualityGates
 
     resources = default_resources(str(data_dir))
     resources["quality"] = QualityGates(accuracy={"sample/*": 0.0})

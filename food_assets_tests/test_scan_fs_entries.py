@@ -18,7 +18,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from food_assets.assets import data
+from food_assets.defs.assets import data
 from food_assets.ml.data import scan
 from food_assets.ml.data.scan import scan_images
 from food_assets.ml.data.sources import list_food101, list_imagefolder

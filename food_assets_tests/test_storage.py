@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from food_assets import layout
-from food_assets.assets._common import Skipped
-from food_assets.assets.data import RawImages
-from food_assets.assets.evaluation import EvaluationReport
-from food_assets.io_manager import AssetValueIOManager, decode_value, encode_value
+from food_assets.defs.assets._common import Skipped
+from food_assets.defs.assets.data import RawImages
+from food_assets.defs.assets.evaluation import EvaluationReport
+from food_assets.defs.io_manager import AssetValueIOManager, decode_value, encode_value
 from food_assets.storage import ArtifactStorage, StoredValueError
 from food_assets_tests.s3 import moto_s3, s3_env
 
@@ -185,6 +185,54 @@ def test_a_record_only_builds_food_assets_dataclasses(tmp_path: Path) -> None:
         encode_value({1, 2}, storage, "x")
 
 
+#: `model_custom_cnn`'s record as written before the Dagster code moved to `food_assets/defs/`
+#: (ADR 0026): its types name `food_assets.assets.*`.
+OLD_LAYOUT_RECORD = """{
+  "asset": "model_custom_cnn",
+  "files": {"bundle/card.json": 2},
+  "format": "food_assets/asset-value@1",
+  "value": {
+    "$type": "food_assets.assets.models:TrainedModel",
+    "fields": {
+      "bundle_dir": {"$path": "artifacts/model_custom_cnn/bundle"},
+      "class_names": {"$tuple": ["apple_pie", "pizza"]},
+      "family": "cnn",
+      "metadata": {"skipped": {"$type": "food_assets.assets._common:Skipped",
+                               "fields": {"name": "cnn", "reason": "old"}}},
+      "mlflow_run_id": null,
+      "name": "custom_cnn",
+      "source": "sample"
+    }
+  },
+  "version": "0123456789abcdef",
+  "written_at": "2026-11-30T12:00:00Z"
+}
+"""
+
+
+def test_an_artifact_root_written_by_the_old_layout_still_loads(tmp_path: Path) -> None:
+    """A `value.json` naming `food_assets.assets.models:TrainedModel` (the module before the
+    move to `food_assets/defs/`) loads through the IO manager as today's `TrainedModel`, nested
+    records included, with its path resolved under the root.
+
+    Breakage tried: `RENAMED_MODULES` emptied (or the lookup dropped from `_dataclass`): the
+    load fails with "does not define; materialize model_custom_cnn again"."""
+    from food_assets.defs.assets.models import TrainedModel
+    from food_assets.defs.resources import ArtifactStore
+
+    root = tmp_path / "root"
+    record = layout.record_file(root, "model_custom_cnn")
+    (record.parent / "bundle").mkdir(parents=True)
+    (record.parent / "bundle" / "card.json").write_text("{}")
+    record.write_text(OLD_LAYOUT_RECORD)
+    manager = AssetValueIOManager(artifact_store=ArtifactStore(data_dir=str(root)))
+    value = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("model_custom_cnn")))
+    assert isinstance(value, TrainedModel)
+    assert value.class_names == ("apple_pie", "pizza")
+    assert value.bundle_dir == (root / "artifacts" / "model_custom_cnn" / "bundle").resolve()
+    assert value.metadata["skipped"] == Skipped(name="cnn", reason="old")
+
+
 def test_dagster_values_are_records_not_pickles(tmp_path: Path, small_sample_config) -> None:
     """The code location's IO manager stores `food_images_raw` and `food_splits` as JSON
     records in their own folders; nothing lands in Dagster's storage folder, which a later run
@@ -193,8 +241,8 @@ def test_dagster_values_are_records_not_pickles(tmp_path: Path, small_sample_con
     Breakage tried: `io_manager` dropped from `default_resources()` (Dagster's default pickling
     IO manager comes back): fails on the pickles in the storage folder.
     """
-    from food_assets.assets import data
     from food_assets.definitions import default_resources
+    from food_assets.defs.assets import data
 
     resources = default_resources(str(tmp_path / "data"))
     (tmp_path / "home").mkdir()
@@ -228,7 +276,7 @@ def test_a_dataframe_value_is_stored_as_parquet_next_to_its_record(tmp_path: Pat
 
     Breakage tried: `_is_frame` always False (a DataFrame is refused as unknown): fails.
     """
-    from food_assets.resources import ArtifactStore
+    from food_assets.defs.resources import ArtifactStore
 
     table = pd.DataFrame({"model": ["a", "b"], "acc_top1": [0.5, float("nan")]})
 
@@ -355,8 +403,8 @@ def test_team_run_config_puts_values_and_folders_in_the_bucket(
     import s3fs
     import yaml
 
-    from food_assets.assets import data
     from food_assets.definitions import default_resources
+    from food_assets.defs.assets import data
 
     team = Path(__file__).resolve().parents[1] / "configs" / "team" / "artifacts_s3.yaml"
     run_config = yaml.safe_load(team.read_text())

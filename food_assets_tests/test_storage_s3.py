@@ -30,7 +30,7 @@ def s3_endpoint():
 
 def _resources(data_dir: Path, mlflow_dir: Path) -> dict:
     from food_assets.definitions import default_resources
-    from food_assets.resources import QualityGates, food_mlflow
+    from food_assets.defs.resources import QualityGates, food_mlflow
 
     resources = default_resources(str(data_dir))
     # One epoch at 32 px is near chance: the gate has tests of its own.

@@ -45,7 +45,7 @@ SCOPES: dict[str, list[str]] = {
     ],
     "quality": ["food_assets.ml.quality.*"],
     # Round 2 (#22): the rules that pick what a user is served, function by function.
-    "champion": ["food_assets.tracking.x_choose_champion__*"],
+    "champion": ["food_assets.tracking.runs.x_choose_champion__*"],
     "best_model": ["food_assets.catalog.x_best_model__*"],
     "compare": [
         "food_assets.ml.evaluation.compare.x_compare_models__*",

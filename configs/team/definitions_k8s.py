@@ -8,7 +8,7 @@ team's workspace.yaml at it:
       - python_file: configs/team/definitions_k8s.py
 
 GPU placement is on the GPU steps themselves: op tags `dagster-k8s/config` (GPU limit, node
-selector, tolerations) and `dagster-celery/queue: gpu` from `food_assets/placement.py` (ADR
+selector, tolerations) and `dagster-celery/queue: gpu` from `food_assets/defs/placement.py` (ADR
 0023), so every launch path (UI, schedule, sensor, CLI) places them; the executor's run config
 (configs/team/k8s_executor.yaml) gives every step its CPU pod. The Celery alternative is
 `dagster_celery.celery_executor` here, with workers on GPU nodes serving the `gpu` queue

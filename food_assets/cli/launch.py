@@ -71,7 +71,7 @@ def _run(ctx: typer.Context, config: Path | None, select: str, verbose: bool) ->
     from food_assets import launcher
     from food_assets.cli import summary
     from food_assets.cli.progress import step_logger
-    from food_assets.resources import mlflow_tracking_uri
+    from food_assets.tracking.model_registry import mlflow_tracking_uri
 
     root = data_dir(ctx)
     run_config = launcher.load_run_config(config)
@@ -199,7 +199,7 @@ def _home(root: Path) -> str:
 
 def _short_uri(uri: str) -> str:
     """A `sqlite:///` URI with its path relative to the current folder when it is under it."""
-    from food_assets.redact import redact_uri
+    from food_assets.tracking.redact import redact_uri
 
     prefix = "sqlite:///"
     return prefix + _shown(Path(uri[len(prefix) :])) if uri.startswith(prefix) else redact_uri(uri)

@@ -112,8 +112,8 @@ def _champion(root) -> str | None:
     yet (nothing was ever registered: no line). Listing never fails because of MLflow."""
     from pathlib import Path
 
-    from food_assets import model_registry
     from food_assets.ml.errors import FoodAssetsError
+    from food_assets.tracking import model_registry
 
     uri = model_registry.registry_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():

@@ -171,7 +171,7 @@ def _materialize_quietly(
 ) -> None:
     from food_assets import launcher
     from food_assets.cli.progress import step_logger
-    from food_assets.resources import mlflow_tracking_uri
+    from food_assets.tracking.model_registry import mlflow_tracking_uri
 
     root = data_dir(ctx)
     run_config = launcher.build_run_config(config_file, target, overrides)
@@ -225,7 +225,7 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
         typer.echo(f"run {run_id} cancelled; its pool slots are free", err=True)
         raise typer.Exit(EXIT_CANCELLED)
     if not result.success:
-        from food_assets.redact import redact_text
+        from food_assets.tracking.redact import redact_text
 
         for line in failure_reasons(result):
             typer.echo(f"error: {redact_text(line)}", err=True)
@@ -253,7 +253,7 @@ def _report(result: Any, data_dir: Path, target: str, mlflow_uri: str) -> None:
     typer.echo(f"run id: {run_id}")
     typer.echo(f"{target}: {_asset_location(data_dir, target)}")
     typer.echo("Dagster UI: `dagster dev -w workspace.yaml` (same DAGSTER_HOME) -> Runs")
-    from food_assets.redact import redact_uri
+    from food_assets.tracking.redact import redact_uri
 
     typer.echo(f"MLflow: `mlflow ui --backend-store-uri {redact_uri(mlflow_uri)}`")
 

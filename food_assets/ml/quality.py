@@ -1,7 +1,7 @@
 """The decisions behind the asset checks, as pure functions: a frame or figures in, a
 `CheckOutcome` out.
 
-The Dagster checks in `food_assets/assets/` are thin wrappers that turn an outcome into an
+The Dagster checks in `food_assets/defs/assets/` are thin wrappers that turn an outcome into an
 `AssetCheckResult`, so every decision can be tested on bad input here, where no real run could
 produce it (`make_splits` never writes a leaky split; the checks guard against it doing so after
 a change). No Dagster and no MLflow in this module (import-linter contract).

@@ -100,7 +100,7 @@ class ServerState:
 
 def follows_alias(ref: str | None) -> bool:
     """`champion` or `models:/<name>@<alias>`: a reference whose version can move."""
-    from food_assets import model_registry
+    from food_assets.tracking import model_registry
 
     if not model_registry.is_registry_reference(ref):
         return False

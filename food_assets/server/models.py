@@ -2,7 +2,7 @@
 `catalog.load_predictor` (the serving rule, `choose_export`), and swapped in the background when
 the `champion` alias moves.
 
-No Dagster here; MLflow only through `food_assets.model_registry` (for registry references).
+No Dagster here; MLflow only through `food_assets.tracking.model_registry` (registry references).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def load_served(
 
 def registered_version(ref: str, data: Path) -> str:
     """The version a registry reference points at now (one small registry query)."""
-    from food_assets import model_registry
+    from food_assets.tracking import model_registry
 
     uri = model_registry.registry_uri(data)
     return model_registry.find_registered_version(ref, uri=uri).version

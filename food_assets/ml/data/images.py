@@ -120,11 +120,6 @@ def open_image(
         raise ImageDecodeError(path, "unreadable", f"{type(exc).__name__}: {exc}") from exc
 
 
-def is_image_candidate(path: Path) -> bool:
-    """Files the scanner looks at: not hidden, not under a hidden folder."""
-    return not any(part.startswith(".") for part in path.parts)
-
-
 #: Default byte budget of the process-wide decode cache; FOOD_ASSETS_DECODE_CACHE_MB overrides
 #: it (0 turns the cache off). The sample (400 images at 128 px) needs 20 MB; Food-101's train
 #: split (75,750 photos at about 512x384) would need 44 GB, so datasets like it never use it.

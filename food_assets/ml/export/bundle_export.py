@@ -26,7 +26,7 @@ from food_assets.ml.data.transforms import ImagePipeline, Preprocess
 from food_assets.ml.errors import CheckpointError
 
 # The module, not its functions: callers (and tests) may substitute `onnx_export.export_onnx`.
-from food_assets.ml.export import onnx_export, quantize, variants
+from food_assets.ml.export import files, onnx_export, quantize, variants
 from food_assets.ml.export.latency import ORT_FP32, ORT_INT8, ROW_NAMES, measure_latency, median_ms
 from food_assets.ml.export.onnx_export import PARITY_ATOL, ParityReport
 from food_assets.ml.export.openvino_runtime import openvino_status
@@ -102,11 +102,10 @@ def check_bundle_parity(
 def export_bundle(
     bundle_dir: Path,
     splits: SplitManifest,
-    path: Path,
+    out_dir: Path,
     *,
     temperature: float,
-    parity_path: Path,
-    latency_path: Path | None = None,
+    measure_latency: bool = True,
     opset: int | None = None,
     n_parity: int = 32,
     atol: float = PARITY_ATOL,
@@ -114,7 +113,6 @@ def export_bundle(
     latency_warmup: Mapping[int, int] = LATENCY_WARMUP,
     name: str | None = None,
     int8: QuantizeConfig | None = None,
-    int8_record_path: Path | None = None,
     int8_min_agreement: float = INT8_MIN_AGREEMENT,
     int8_max_drop_points: float = INT8_MAX_DROP_POINTS,
     openvino: bool = True,
@@ -126,11 +124,12 @@ def export_bundle(
     Args:
         bundle_dir: a trained-model bundle (it stays as trained: nothing is written into it).
         splits: the split manifest: parity and calibration run on val, the int8 gate on test.
-        path: the `.onnx` file to write (atomically); the int8 one is `quantize.int8_path(path)`.
+        out_dir: the export folder; its files are named by `ml/export/files.py`: the `.onnx`
+            file (written atomically), its int8 twin, the parity report, the latency rows and
+            the int8 record.
         temperature: embedded in the file's metadata (the evaluation's calibration).
-        parity_path: where the parity report goes (JSON).
-        latency_path: where the latency rows go (JSON); None skips the measurement (then an
-            int8 export is never "measured faster", so precision `auto` serves fp32).
+        measure_latency: False skips the measurement (then an int8 export is never "measured
+            faster", so precision `auto` serves fp32).
         opset: ONNX opset; None takes the exporter's default.
         n_parity: validation images for the parity check.
         atol: parity tolerance on the largest absolute logit difference.
@@ -139,7 +138,6 @@ def export_bundle(
         name: the latency rows' `model` column; default the card's name.
         int8: how to quantize; None or `enabled=False` writes no int8 file (and removes a stale
             one from an earlier export, so it can never be served next to a newer fp32 file).
-        int8_record_path: where the int8 record goes (JSON) besides the file's metadata.
         int8_min_agreement, int8_max_drop_points: the int8 gate (`check_int8_gate`); OpenVINO
             on the int8 file gets the same.
         openvino: also gate and time the OpenVINO variants (fp32, bf16, int8) and record them
@@ -153,6 +151,10 @@ def export_bundle(
             export that cannot be read back. A parity mismatch or a failed int8 gate is not an
             error: see `ExportResult.parity` and `ExportResult.int8_gate`.
     """
+    path = Path(out_dir) / files.ONNX_FILE
+    parity_path = path.with_name(files.PARITY_FILE)
+    latency_path = path.with_name(files.LATENCY_FILE) if measure_latency else None
+    int8_record_path = path.with_name(files.INT8_RECORD_FILE)
     net, card = load_bundle(bundle_dir)
     card = dataclasses.replace(card, temperature=temperature)
     onnx_export.export_onnx(net, card, path, opset=opset)
@@ -166,8 +168,7 @@ def export_bundle(
         )
     else:  # a stale int8 file must not outlive the fp32 export it was made from
         for stale in (target, int8_record_path):
-            if stale is not None:
-                Path(stale).unlink(missing_ok=True)
+            stale.unlink(missing_ok=True)
     work = scratch_dir("variants-")
     try:
         ov_variants, ov_gates = [], {}
@@ -193,9 +194,8 @@ def export_bundle(
     if proto is not None and record is not None:
         record = {**record, "gate": quantize.gate_record(gate), "latency": _int8_latency(latency)}
         int8_file = quantize.save_int8(quantize.stamp_int8(proto, record), target)
-        if int8_record_path is not None:
-            size_mb = round(int8_file.stat().st_size / 2**20, 3)
-            write_json(int8_record_path, {**record, "size_mb": size_mb})
+        size_mb = round(int8_file.stat().st_size / 2**20, 3)
+        write_json(int8_record_path, {**record, "size_mb": size_mb})
     return ExportResult(
         path, card, parity, parity_path, latency, latency_path, int8_file, record, gate
     )

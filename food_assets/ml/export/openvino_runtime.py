@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +197,3 @@ class OpenVinoRunner:
         with lock:
             request.infer({0: x})
             return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-
-
-def openvino_runner(path: str | os.PathLike[str], precision: str, **kwargs: Any) -> Callable:
-    """An `OpenVinoRunner` (a callable: float32 NCHW batch -> logits)."""
-    return OpenVinoRunner(path, precision, **kwargs)

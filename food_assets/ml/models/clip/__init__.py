@@ -5,7 +5,7 @@ Importing this package registers the registry entries (`clip_zero_shot`, `clip_l
 
 | module | what |
 |---|---|
-| `config.py` | `ClipConfig` and the defaults (architecture, tag, prompt templates) |
+| `config.py` | `ClipConfig`, `ClipProbeConfig` and the defaults (arch, tag, prompt templates) |
 | `arch.py` | registering custom open_clip architectures (tiny test towers) |
 | `weights.py` | where the weights come from (`resolve_clip_weights`): checkpoint, cache, hub |
 | `loading.py` | `load_clip`, `LoadedClip`, preprocessing from open_clip's config |
@@ -29,6 +29,7 @@ from food_assets.ml.models.clip.config import (
     DEFAULT_TEMPLATES,
     WEIGHT_HELP,
     ClipConfig,
+    ClipProbeConfig,
 )
 from food_assets.ml.models.clip.fit import (
     fit_clip_linear_probe,
@@ -72,7 +73,6 @@ _CLIP_ENTRY: dict = dict(
     cam_reshape=vit_tokens_to_map,
     onnx=True,
     default_weights=DEFAULT_PRETRAINED,
-    config_cls=ClipConfig,
     kinds=("pytorch", "clip"),
 )
 
@@ -83,6 +83,7 @@ register(
         build=build_clip_zero_shot,
         preprocess=default_preprocess,
         fit=fit_zero_shot,
+        config_cls=ClipConfig,
         description="CLIP ViT-B/32 zero-shot: a prompt-ensembled class matrix, no training",
         # sample: 0.0, its random-weight stand-in here answers at chance (no CLIP weights).
         accuracy_floors={"food101": 0.80, "sample": 0.0},
@@ -96,6 +97,7 @@ register(
         build=build_clip_linear_probe,
         preprocess=default_preprocess,
         fit=fit_linear_probe,
+        config_cls=ClipProbeConfig,
         description="CLIP ViT-B/32 linear probe: logistic regression on frozen image features",
         accuracy_floors={"food101": 0.85, "sample": 0.0},
         **_CLIP_ENTRY,
@@ -109,6 +111,7 @@ register(
         build=functools.partial(build_clip_zero_shot, arch="ViT-L-14"),
         preprocess=functools.partial(default_preprocess, "ViT-L-14", DEFAULT_PRETRAINED),
         fit=fit_zero_shot,
+        config_cls=ClipConfig,
         config_defaults={"arch": "ViT-L-14"},
         description="CLIP ViT-L/14 zero-shot (OpenAI weights; a 304 M-param image tower at "
         "224 px): the same prompt ensemble on a larger tower",
@@ -124,6 +127,7 @@ __all__ = [
     "WEIGHT_HELP",
     "ClassEmbeddings",
     "ClipConfig",
+    "ClipProbeConfig",
     "ClipLinearProbe",
     "ClipZeroShotClassifier",
     "LoadedClip",

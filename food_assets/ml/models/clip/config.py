@@ -1,4 +1,5 @@
-"""`ClipConfig`, the one settings object of every CLIP model, and the CLIP defaults."""
+"""`ClipConfig`, the settings of every CLIP model (all a zero-shot entry has), `ClipProbeConfig`
+over it (the linear probe's own fields), and the CLIP defaults."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ CAM_LAYER = "visual.transformer.resblocks.-1.ln_1"
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """Everything a CLIP model needs; defaults reproduce OpenAI ViT-B/32.
+    """What every CLIP model needs, and all a zero-shot entry has; defaults reproduce OpenAI
+    ViT-B/32. The linear probe's own fields are `ClipProbeConfig`'s, so `model_clip_zero_shot`'s
+    run config shows none of them.
 
-    The Dagster run config of every CLIP model is derived from this class (a field here is a
+    The Dagster run config of a CLIP model is derived from its class (a field here is a
     run-config key with this default and description, docs/adr/0008-one-config-source.md); a
     registry entry may override defaults (`ModelSpec.config_defaults`, e.g. `arch: ViT-L-14`).
     """
@@ -101,22 +104,6 @@ class ClipConfig:
     )
     batch_size: int = setting(64, description="images per batch for feature extraction")
     num_workers: int = setting(0, description="DataLoader worker processes")
-    k_shots: tuple[int, ...] = setting(
-        (1, 2, 4, 8, 16),
-        description="linear probe: images per class for the few-shot probes (skipped where "
-        "the data is too short)",
-    )
-    c_grid: tuple[float, ...] = setting(
-        (0.1, 1.0, 10.0, 100.0, 1000.0),
-        description="linear probe: inverse L2 strengths tried on val",
-    )
-    max_iter: int = setting(1000, description="linear probe: L-BFGS iterations")
-    zero_shot_ensemble: Literal["off", "report", "bundle"] = setting(
-        "report",
-        description="linear probe: mix its logits with the zero-shot head's, weight alpha "
-        "picked on val (WiSE-FT, last layer): off | report (figures beside both) | bundle "
-        "(also store the mixed head as the probe's)",
-    )
     seed: int = setting(0, description="k-shot sampling and random init")
     device: str = setting("auto", description="cpu | cuda | cuda:1 | auto")
 
@@ -127,16 +114,6 @@ class ClipConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
-        if any(int(k) < 1 for k in self.k_shots):
-            raise ConfigError(f"k_shots must be positive integers (got {self.k_shots})")
-        if not self.c_grid or any(not (float(c) > 0) for c in self.c_grid):
-            raise ConfigError(
-                f"c_grid must be a non-empty list of positive numbers ({self.c_grid})"
-            )
-        if self.zero_shot_ensemble not in ("off", "report", "bundle"):
-            raise ConfigError(
-                f"zero_shot_ensemble {self.zero_shot_ensemble!r} is not one of off, report, bundle"
-            )
         bad = [s for s in self.template_eval_splits if s not in ("train", "val", "test")]
         if bad:
             raise ConfigError(f"template_eval_splits: unknown split(s) {bad}; use train/val/test")
@@ -162,3 +139,39 @@ class ClipConfig:
             return torch.device(self.device)
         except RuntimeError as exc:
             raise ConfigError(f"device {self.device!r} is not a torch device ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class ClipProbeConfig(ClipConfig):
+    """The linear probe's settings: `ClipConfig` plus its own fields (k-shot, the L2 grid, the
+    solver's iterations, the ensemble with the zero-shot head)."""
+
+    k_shots: tuple[int, ...] = setting(
+        (1, 2, 4, 8, 16),
+        description="linear probe: images per class for the few-shot probes (skipped where "
+        "the data is too short)",
+    )
+    c_grid: tuple[float, ...] = setting(
+        (0.1, 1.0, 10.0, 100.0, 1000.0),
+        description="linear probe: inverse L2 strengths tried on val",
+    )
+    max_iter: int = setting(1000, description="linear probe: L-BFGS iterations")
+    zero_shot_ensemble: Literal["off", "report", "bundle"] = setting(
+        "report",
+        description="linear probe: mix its logits with the zero-shot head's, weight alpha "
+        "picked on val (WiSE-FT, last layer): off | report (figures beside both) | bundle "
+        "(also store the mixed head as the probe's)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(int(k) < 1 for k in self.k_shots):
+            raise ConfigError(f"k_shots must be positive integers (got {self.k_shots})")
+        if not self.c_grid or any(not (float(c) > 0) for c in self.c_grid):
+            raise ConfigError(
+                f"c_grid must be a non-empty list of positive numbers ({self.c_grid})"
+            )
+        if self.zero_shot_ensemble not in ("off", "report", "bundle"):
+            raise ConfigError(
+                f"zero_shot_ensemble {self.zero_shot_ensemble!r} is not one of off, report, bundle"
+            )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from food_assets.ml.models.clip.config import ClipConfig
+from food_assets.ml.models.clip.config import ClipProbeConfig
 from food_assets.ml.models.clip.loading import LoadedClip
 from food_assets.ml.models.clip.modules import ClipLinearProbe
 from food_assets.ml.models.clip.probe import accuracy
@@ -113,7 +113,7 @@ def ensemble_with_zero_shot(
     probe: ClipLinearProbe,
     loaded: LoadedClip,
     names: tuple[str, ...],
-    cfg: ClipConfig,
+    cfg: ClipProbeConfig,
     feats: Mapping[str, tuple[np.ndarray, np.ndarray]],
     device: torch.device,
 ) -> EnsembleFit | None:

@@ -33,7 +33,7 @@ from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.data.transforms import Preprocess
 from food_assets.ml.errors import DataSourceError
 from food_assets.ml.models.bundle import FitResult, save_bundle
-from food_assets.ml.models.clip.config import ClipConfig
+from food_assets.ml.models.clip.config import ClipConfig, ClipProbeConfig
 from food_assets.ml.models.clip.ensemble import ensemble_metadata, ensemble_with_zero_shot
 from food_assets.ml.models.clip.loading import LoadedClip, load_clip
 from food_assets.ml.models.clip.metadata import (
@@ -253,7 +253,7 @@ def fit_clip_zero_shot(
 def _fit_head(
     probe: ClipLinearProbe,
     feats: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    cfg: ClipConfig,
+    cfg: ClipProbeConfig,
     names: Sequence[str],
 ) -> tuple[ProbeFit, float]:
     """Fit the logistic regression and copy it into `probe.head` (moved to the CPU).
@@ -270,7 +270,7 @@ def _fit_head(
 
 def fit_clip_linear_probe(
     splits: SplitManifest,
-    cfg: ClipConfig,
+    cfg: ClipProbeConfig,
     out_dir: Path,
     *,
     feature_cache_dir: Path | None,
@@ -365,7 +365,7 @@ def fit_zero_shot(
 def fit_linear_probe(
     spec: ModelSpec,
     splits: SplitManifest,
-    config: ClipConfig,
+    config: ClipProbeConfig,
     out_dir: Path,
     context: FitContext | None = None,
 ) -> FitResult:

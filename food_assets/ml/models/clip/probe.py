@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from food_assets.ml.models.clip.config import ClipConfig
+from food_assets.ml.models.clip.config import ClipProbeConfig
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -78,7 +78,7 @@ def kshot_indices(y: np.ndarray, k: int, num_classes: int, seed: int) -> np.ndar
 
 def kshot_table(
     feats: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    cfg: ClipConfig,
+    cfg: ClipProbeConfig,
     num_classes: int,
     *,
     full: Mapping[str, float],
@@ -134,7 +134,7 @@ class ProbeFit:
 
 
 def fit_probe(
-    feats: Mapping[str, tuple[np.ndarray, np.ndarray]], cfg: ClipConfig, num_classes: int
+    feats: Mapping[str, tuple[np.ndarray, np.ndarray]], cfg: ClipProbeConfig, num_classes: int
 ) -> ProbeFit:
     """Fit on all training features (C picked on val), then the k-shot variants."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = feats["train"], feats["val"], feats["test"]

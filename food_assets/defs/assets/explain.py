@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import (
+from food_assets.defs.assets._common import (
     MODEL_SHARED_MODULES,
     Skipped,
     check_result,
@@ -20,12 +20,12 @@ from food_assets.assets._common import (
     skipped_output,
     user_errors,
 )
-from food_assets.assets._pictures import picture
+from food_assets.defs.assets._pictures import picture
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
 from food_assets.ml.quality import check_gradcam_sanity
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore
 
 if TYPE_CHECKING:  # imported lazily at run time: Grad-CAM pulls in torch and matplotlib
     from food_assets.ml.explain import GradcamResult

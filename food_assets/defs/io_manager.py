@@ -4,7 +4,7 @@
 type tag and fields, generically over the project's dataclasses (`RawImages`, `SplitManifest`,
 `TrainedModel`, `EvaluationReport`, `OnnxExport`, `Skipped`, ...) and plain values:
 
-    {"$type": "food_assets.assets.models:TrainedModel", "fields": {...}}
+    {"$type": "food_assets.defs.assets.models:TrainedModel", "fields": {...}}
     {"$path": "artifacts/model_custom_cnn/bundle"}       a path under the artifact root, relative
     {"$abspath": "/srv/food101"}                         a path outside it (source images)
     {"$frame": "artifacts/leaderboard/value.parquet"}   a DataFrame, stored next to it
@@ -29,12 +29,19 @@ from typing import Any
 import dagster as dg
 
 from food_assets import layout
+from food_assets.defs.resources import ArtifactStore
 from food_assets.ml.errors import FoodAssetsError
-from food_assets.resources import ArtifactStore
 from food_assets.storage import ArtifactStorage, StoredValueError
 
 #: A record may only name dataclasses from this package.
 TRUSTED_PACKAGE = "food_assets"
+
+#: Where the records' modules live now, by the name an older artifact root may hold: values
+#: written before the Dagster code moved under `food_assets/defs/` (ADR 0026) still load.
+RENAMED_MODULES = {
+    f"food_assets.assets.{m}": f"food_assets.defs.assets.{m}"
+    for m in ("_common", "data", "models", "evaluation", "explain", "export", "batch")
+}
 
 
 def asset_name(key: dg.AssetKey) -> str:
@@ -146,6 +153,7 @@ class _Decoder:
 
     def _dataclass(self, tag: str, fields: dict[str, Any]) -> Any:
         module, _, qualname = str(tag).partition(":")
+        module = RENAMED_MODULES.get(module, module)
         if not module.startswith(TRUSTED_PACKAGE + ".") or not qualname:
             raise StoredValueError(
                 f"the stored value of {self.asset} names {tag!r}, not a {TRUSTED_PACKAGE} type; "

@@ -1,9 +1,9 @@
 """`model_<name>` for every registry entry: one factory, one MLflow run per materialization.
 
 The asset knows no kind of model: its run config is derived from the entry's settings class
-(`config_cls`, `food_assets/config_classes.py`), and `spec.fit(...)` makes the bundle
+(`config_cls`, `food_assets/defs/config_classes.py`), and `spec.fit(...)` makes the bundle
 (`ml/models/bundle.py`) that evaluation, Grad-CAM, ONNX export, `predict` and the demo read.
-MLflow records are `food_assets/tracking.py`'s.
+MLflow records are `food_assets/tracking/runs.py`'s.
 """
 
 # No `from __future__ import annotations`: Dagster reads the real annotation objects.
@@ -16,8 +16,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from food_assets import layout, tracking, tracking_lineage
-from food_assets.assets._common import (
+from food_assets import layout
+from food_assets.defs.assets._common import (
     TRAINING_RETRY,
     file_ref,
     md_table,
@@ -26,15 +26,17 @@ from food_assets.assets._common import (
     spec_code_version,
     user_errors,
 )
-from food_assets.config_classes import config_class
+from food_assets.defs.config_classes import config_class
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore, LightningCompute
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import get_model_spec, list_models
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitContext, FitSkipped, ModelSpec
 from food_assets.ml.training.config import settings_class
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore, LightningCompute
+from food_assets.tracking import lineage as tracking_lineage
+from food_assets.tracking import runs as tracking
 
 MODELS_GROUP = "models"
 #: Cache folder (`ArtifactStore.cache_dir`) for fits that extract frozen features.

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from food_assets import model_registry, tracking_lineage
 from food_assets.ml.errors import FoodAssetsError
 from food_assets.ml.models.bundle import FitResult
 from food_assets.ml.models.registry import FitSkipped
-from food_assets.redact import redact_uri
+from food_assets.tracking import lineage as tracking_lineage
+from food_assets.tracking import model_registry
+from food_assets.tracking.redact import redact_uri
 
 #: The versions the logged model names, so that MLflow does not pip-freeze the environment.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm", "open_clip_torch"]
@@ -214,11 +215,11 @@ def log_model_with_signature(result: FitResult) -> Any:
 
 
 def log_pyfunc_model(bundle_dir: str | os.PathLike[str]) -> Any:
-    """Log the model as a pyfunc that takes image bytes (`food_assets.server.pyfunc`): the
+    """Log the model as a pyfunc that takes image bytes (`food_assets.tracking.pyfunc`): the
     bundle travels as its artifact, so `mlflow.pyfunc.load_model` and `mlflow models serve`
     answer labels for photos, not logits for pre-normalized tensors (ADR 0022). The
     requirements are given so that MLflow does not pip-freeze the venv."""
-    from food_assets.server import pyfunc
+    from food_assets.tracking import pyfunc
 
     with warnings.catch_warnings():
         # MLflow notes type hints it cannot validate; the explicit signature validates inputs.

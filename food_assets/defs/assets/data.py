@@ -13,13 +13,14 @@ import pandas as pd
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import (
+from food_assets.defs.assets._common import (
     check_result,
     code_version,
     md_table,
     table_metadata,
     user_errors,
 )
+from food_assets.defs.resources import ArtifactStore, QualityGates
 from food_assets.ml import artifacts
 from food_assets.ml.data.images import DEFAULT_MAX_PIXELS
 from food_assets.ml.data.lineage import raw_manifest_digest, short, splits_digest
@@ -31,7 +32,6 @@ from food_assets.ml.quality import (
     check_no_content_leak,
     check_no_image_in_two_splits,
 )
-from food_assets.resources import ArtifactStore, QualityGates
 
 
 class DataSourceConfig(dg.Config):

@@ -20,7 +20,8 @@ import dagster as dg
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import (
+from food_assets.catalog import load_temperature
+from food_assets.defs.assets._common import (
     MODEL_SHARED_MODULES,
     Skipped,
     code_version,
@@ -29,13 +30,12 @@ from food_assets.assets._common import (
     skipped_output,
     user_errors,
 )
-from food_assets.catalog import load_temperature
-from food_assets.config_classes import config_class
+from food_assets.defs.config_classes import config_class
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore, QualityGates
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.export.quantize import QuantizeConfig
 from food_assets.ml.models import ModelSpec, get_model_spec, list_models
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore, QualityGates
 
 if TYPE_CHECKING:  # imported lazily at run time: the exporter pulls in torch and onnx
     from food_assets.ml.export.bundle_export import ExportResult
@@ -139,18 +139,16 @@ def build_export_asset(name: str) -> list:
             result = export_bundle(
                 model.bundle_dir,
                 food_splits,
-                layout.onnx_file(root, name),
+                layout.onnx_dir(root, name),
                 # The evaluation's calibration, not the bundle's card (which stays as trained).
                 temperature=load_temperature(evaluation.files["calibration"]),
-                parity_path=layout.parity_file(root, name),
-                latency_path=layout.latency_file(root, name) if config.measure_latency else None,
+                measure_latency=config.measure_latency,
                 opset=config.opset,
                 n_parity=config.parity_images,
                 atol=quality.onnx_atol,
                 latency_repeats={1: config.latency_repeats, 32: config.latency_repeats_batch32},
                 name=name,
                 int8=config.int8.to_ml(),
-                int8_record_path=layout.int8_record_file(root, name),
                 int8_min_agreement=quality.int8_min_agreement,
                 int8_max_drop_points=quality.int8_max_drop_points,
                 openvino=config.openvino,

@@ -18,7 +18,7 @@ import pandas as pd
 
 from food_assets.ml.errors import FoodAssetsError
 from food_assets.ml.quality import CheckOutcome
-from food_assets.redact import redact_uri
+from food_assets.tracking.redact import redact_uri
 
 
 @contextlib.contextmanager
@@ -152,7 +152,7 @@ REEVALUATION_FRESHNESS = dg.FreshnessPolicy.time_window(
 #: mistake is not (`user_errors` raises `Failure(allow_retries=False)`).
 TRAINING_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # food_assets/
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]  # food_assets/
 
 
 def _module_files(module: str) -> list[Path]:

@@ -17,10 +17,13 @@ from dagster_mlflow.resources import CONFIG_SCHEMA as MLFLOW_CONFIG_SCHEMA
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.config_classes import DerivedResource, config_class
+from food_assets.defs.config_classes import DerivedResource, config_class
 from food_assets.ml.training.config import ComputeConfig
 from food_assets.storage import DEFAULT_DATA_DIR as DEFAULT_DATA_DIR  # re-exported
 from food_assets.storage import ArtifactStorage, default_artifact_root, default_data_dir
+from food_assets.tracking.model_registry import (
+    mlflow_tracking_uri as mlflow_tracking_uri,  # re-exported
+)
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -90,7 +93,7 @@ class LightningCompute(
     """The GPU resource: how Lightning trains (mirrors `lightning.Trainer` arguments).
 
     Its fields, defaults and descriptions are `food_assets.ml.training.ComputeConfig`'s
-    (`food_assets/config_classes.py`). The defaults pick a GPU when one is present and the CPU
+    (`food_assets/defs/config_classes.py`). The defaults pick a GPU when one is present and the CPU
     otherwise. A multi-GPU node sets `devices: "4", strategy: ddp`; a cluster adds `num_nodes`.
     """
 
@@ -117,16 +120,6 @@ class QualityGates(dg.ConfigurableResource):
             if key in self.accuracy:
                 return float(self.accuracy[key])
         return default
-
-
-def mlflow_tracking_uri(data_dir: str | None = None) -> str:
-    """The embedded MLflow store under the data folder, unless MLFLOW_TRACKING_URI says else."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and data_dir is None:
-        return env
-    root = layout.mlflow_dir(Path(data_dir or default_data_dir()).expanduser().resolve())
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def _mlflow_artifact_location(uri: str) -> str | None:
@@ -180,8 +173,8 @@ def food_mlflow(context: dg.InitResourceContext):
     from dagster_mlflow.resources import MlFlow
     from filelock import FileLock
 
-    from food_assets.model_registry import bound_http_waits
-    from food_assets.redact import redact_logs, redact_uri
+    from food_assets.tracking.model_registry import bound_http_waits
+    from food_assets.tracking.redact import redact_logs, redact_uri
 
     bound_http_waits()  # a tracking server that went away fails a step in seconds (#29)
     redact_logs("mlflow")  # MLflow's warnings quote the server's URL, password included
@@ -208,7 +201,7 @@ def food_mlflow(context: dg.InitResourceContext):
         if lock:
             lock.release()
     if run is not None:  # MLflow runs a dead process left RUNNING end now (ADR 0025)
-        from food_assets.recovery import end_orphan_mlflow_runs
+        from food_assets.defs.recovery import end_orphan_mlflow_runs
 
         end_orphan_mlflow_runs(context.instance, uri)
 
@@ -219,8 +212,8 @@ def food_mlflow(context: dg.InitResourceContext):
         resource_config = {**cfg, "mlflow_tracking_uri": uri}
 
     resource = MlFlow(_Context())
-    resource.ui_url = cfg.get("ui_url")  # read by food_assets.tracking for the metadata links
-    # Read by food_assets.tracking_lineage when a model run starts.
+    resource.ui_url = cfg.get("ui_url")  # read by food_assets.tracking.runs for the metadata links
+    # Read by food_assets.tracking.lineage when a model run starts.
     resource.system_metrics = cfg.get("system_metrics", True)
     resource.system_metrics_interval_s = cfg.get("system_metrics_interval_s", 5.0)
     parent = mlflow.active_run()

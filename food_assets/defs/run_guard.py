@@ -8,7 +8,7 @@ acts on, so a run waiting for a slot ignores both (a `timeout 600` rerun was sti
 
 - when a step of the run waits for a slot, says once (then every `remind_s`) which run holds
   it, its process and how to cancel it; and reaps the holders whose process is gone
-  (`food_assets.recovery`), so the wait ends as soon as they are;
+  (`food_assets.defs.recovery`), so the wait ends as soon as they are;
 - when an interrupt has been pending for `grace_s` without Dagster acting on it (no step is
   running to raise it in), cancels the run: marks it CANCELING and raises Dagster's own
   interrupt in the main thread, so that Dagster unwinds as it does for a step (pending claims
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from food_assets import recovery
+from food_assets.defs import recovery
 
 #: Exit status of a run cancelled while it waited for a slot (128 + SIGINT, as a shell reports).
 EXIT_CANCELLED = 130

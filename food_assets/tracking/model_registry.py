@@ -82,6 +82,16 @@ class RegistryVersion:
         return f"models:/{self.name}/{self.version}"
 
 
+def mlflow_tracking_uri(data_dir: str | None = None) -> str:
+    """The embedded MLflow store under the data folder, unless MLFLOW_TRACKING_URI says else."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and data_dir is None:
+        return env
+    root = layout.mlflow_dir(Path(data_dir or default_data_dir()).expanduser().resolve())
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
 def registry_uri(data: str | os.PathLike[str] | None = None) -> str:
     """The MLflow store `predict` and the demo read the registry from: FOOD_ASSETS_MLFLOW_URI
     (the team's store, `configs/team/mlflow.yaml`) when set, else the store the CLI logs to,

@@ -1,6 +1,6 @@
 """`batch_predictions`: the champion scores each drop of new photos, one partition per drop.
 
-A drop is a sub-folder of the drops folder or object-store prefix (`food_assets.drops`;
+A drop is a sub-folder of the drops folder or object-store prefix (`food_assets.defs.drops`;
 `BatchPredictionsConfig.source`, default FOOD_ASSETS_DROPS_DIR, else `<data dir>/drops`). The
 `new_drops` sensor adds a partition for each new sub-folder and requests its run. The model
 is resolved and loaded as `food-assets serve` does (`food_assets.server.models.load_served`:
@@ -20,15 +20,15 @@ import dagster as dg
 from pydantic import Field
 
 from food_assets import layout
-from food_assets.assets._common import (
+from food_assets.defs.assets._common import (
     code_version,
     md_table,
     not_evaluated,
     table_metadata,
     user_errors,
 )
-from food_assets.drops import DROPS_ENV, default_source, list_drops, local_drop
-from food_assets.resources import ArtifactStore
+from food_assets.defs.drops import DROPS_ENV, default_source, list_drops, local_drop
+from food_assets.defs.resources import ArtifactStore
 
 BATCH_ASSET = "batch_predictions"
 BATCH_GROUP = "serving"

@@ -1,4 +1,4 @@
-"""`evaluation_<name>` for every model, the accuracy checks, and `leaderboard`.
+"""`evaluation_<name>` for every model and its accuracy check (`leaderboard.py` ranks them).
 
 Evaluation runs on the test split, with temperature scaling fitted on val. The fitted
 temperature goes into the evaluation's own folder (`calibration.json`, `layout.calibration_file`);
@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from food_assets import layout, model_registry, tracking, tracking_lineage
-from food_assets.assets._common import (
+from food_assets import layout
+from food_assets.catalog import calibration_record
+from food_assets.defs.assets._common import (
     MODEL_SHARED_MODULES,
     REEVALUATION_FRESHNESS,
     Skipped,
@@ -29,39 +30,26 @@ from food_assets.assets._common import (
     table_metadata,
     user_errors,
 )
-from food_assets.assets._pictures import picture
-from food_assets.assets.models import TrainedModel
-from food_assets.catalog import calibration_record
+from food_assets.defs.assets._pictures import picture
+from food_assets.defs.assets.models import TrainedModel
+from food_assets.defs.placement import GPU_OP_TAGS, GPU_POOL
+from food_assets.defs.resources import ArtifactStore, QualityGates
 from food_assets.ml import artifacts
 from food_assets.ml.data.splits import SplitManifest
 from food_assets.ml.models import list_models
-from food_assets.placement import GPU_OP_TAGS, GPU_POOL
-from food_assets.resources import ArtifactStore, QualityGates
+from food_assets.tracking import lineage as tracking_lineage
+from food_assets.tracking import runs as tracking
 
 if TYPE_CHECKING:  # imported lazily at run time: the ml layer pulls in torch and matplotlib
-    from food_assets.ml.evaluation import ComparisonResult, EvaluationResult
+    from food_assets.ml.evaluation import EvaluationResult
 
 EVALUATION_GROUP = "evaluation"
 ACCURACY_CHECK = layout.ACCURACY_CHECK
 
-#: Code versions (ADR 0011): the evaluation code and what loads a bundle; the leaderboard's table.
+#: Code version (ADR 0011): the evaluation code and what loads a bundle.
 EVALUATION_CODE_VERSION = code_version(
     "evaluation", modules=["food_assets.ml.evaluation", *MODEL_SHARED_MODULES]
 )
-LEADERBOARD_CODE_VERSION = code_version(
-    "leaderboard",
-    modules=[
-        "food_assets.ml.evaluation.compare",
-        "food_assets.ml.evaluation.plots",
-        "food_assets.ml.inference.serving",  # which export's latency the table shows
-    ],
-)
-
-#: The leaderboard follows its evaluations and exports when the automation sensor is on
-#: (`leaderboard_automation`, stopped by default), never past a failed blocking check (ADR 0007).
-LEADERBOARD_AUTOMATION = (
-    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-).with_label("eager, blocking checks passed")
 
 
 def default_accuracy_floor(source: str, model: str, num_classes: int) -> float:
@@ -301,187 +289,3 @@ def accuracy_check_result(report: EvaluationReport, quality: QualityGates) -> dg
 
 
 EVALUATION_ASSETS = [build_evaluation_asset(name) for name in list_models()]
-
-
-@dg.asset(
-    name=layout.LEADERBOARD_ASSET,
-    group_name=EVALUATION_GROUP,
-    ins={layout.evaluation_asset(n): dg.AssetIn(layout.evaluation_asset(n)) for n in list_models()},
-    # Runs after the exports so that it can report their measured CPU latency.
-    deps=[dg.AssetKey(layout.onnx_asset(n)) for n in list_models()],
-    kinds={"pandas", "csv"},
-    description="One table of every evaluated model: accuracy with CI, macro-F1, ECE, size, "
-    "compute, train time and CPU latency; Markdown, CSV and a trade-off plot.",
-    code_version=LEADERBOARD_CODE_VERSION,
-    freshness_policy=REEVALUATION_FRESHNESS,
-    automation_condition=LEADERBOARD_AUTOMATION,
-)
-def leaderboard(
-    context: dg.AssetExecutionContext,
-    artifact_store: ArtifactStore,
-    mlflow: dg.ResourceParam[Any],
-    **evaluations: Any,
-) -> dg.MaterializeResult:
-    from food_assets.ml.evaluation import compare_models, save_comparison
-
-    rows, skipped = [], []
-    for key, report in sorted(evaluations.items()):
-        name = layout.model_name_of(key)
-        if isinstance(report, Skipped):
-            skipped.append({"model": name, "reason": report.reason})
-        else:
-            rows.append(_comparison_row(name, report, artifact_store))
-    with user_errors():
-        out = artifact_store.asset_dir(layout.LEADERBOARD_ASSET)
-        result = compare_models(rows)
-        files = save_comparison(result, out)
-        artifacts.write_json(layout.skipped_file(artifact_store.root), skipped)
-    with user_errors(), tracking.server_errors():
-        set_champion(context, mlflow, evaluations)  # the registry's alias (ADR 0012)
-    metadata = _comparison_metadata(result, files, len(rows), skipped, artifact_store)
-    return dg.MaterializeResult(value=result.table, metadata=metadata)
-
-
-def _candidate(instance: Any, key: str, report: Any) -> "tracking.Candidate":
-    """The leaderboard's view of `evaluation_<name>`: its accuracy, its version, and the latest
-    result of its blocking accuracy check as Dagster recorded it (it must be the check of the
-    evaluation the leaderboard read: same run as the latest materialization)."""
-    Candidate = tracking.Candidate
-    model = layout.model_name_of(key) or key
-    summary = getattr(report, "summary", None)
-    if summary is None:  # a Skipped value: nothing was evaluated
-        return Candidate(model, None, None, False, None, getattr(report, "reason", "skipped"))
-    acc = float(summary.get("test/acc_top1", float("nan")))
-    version = report.model_metadata.get(tracking.MODEL_VERSION_KEY)
-    version = int(version) if isinstance(version, int | float | str) and str(version) else None
-    asset_key = dg.AssetKey(layout.evaluation_asset(model))
-    record = instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(asset_key, ACCURACY_CHECK)
-    )
-    latest = instance.get_latest_materialization_event(asset_key)
-    evaluation = record.event.dagster_event.event_specific_data if record and record.event else None
-    if evaluation is None or not hasattr(evaluation, "passed"):
-        return Candidate(model, acc, None, False, version, f"no {ACCURACY_CHECK} result")
-    if latest is None or latest.run_id != record.run_id:
-        return Candidate(model, acc, None, False, version, "check is not of the latest evaluation")
-    floor_value = evaluation.metadata.get("floor")
-    floor = float(getattr(floor_value, "value", floor_value)) if floor_value is not None else None
-    reason = "" if evaluation.passed else f"{ACCURACY_CHECK} failed"
-    if version is None:
-        reason = reason or "no registered model version"
-    return Candidate(model, acc, floor, bool(evaluation.passed), version, reason)
-
-
-def set_champion(
-    context: Any, mlflow_resource: Any, evaluations: dict[str, Any]
-) -> "tracking.Candidate | None":
-    """Point the `champion` alias at the best model whose evaluation passed its accuracy floor
-    (`tracking.promote_champion`: the rule and the MLflow writes), from the candidates Dagster's
-    check records give; adds the outcome to the asset's metadata."""
-    import mlflow
-
-    uri = getattr(mlflow_resource, "tracking_uri", None) or mlflow.get_tracking_uri()
-    keys = sorted(evaluations)
-    candidates = [_candidate(context.instance, k, evaluations[k]) for k in keys]
-    temperatures = {
-        c.model: float(getattr(evaluations[k], "temperature", 1.0))
-        for c, k in zip(candidates, keys, strict=True)
-    }
-    champion = tracking.promote_champion(uri, candidates, temperatures)
-    if champion is None:
-        context.log.warning(
-            "no champion: no model passed its accuracy floor with a registered version ("
-            + "; ".join(f"{c.model}: {c.reason or 'not eligible'}" for c in candidates)
-            + ")"
-        )
-        context.add_output_metadata({"champion": "none"})
-        return None
-    keep = model_registry.registered_model_name(champion.model)
-    base = tracking.ui_url(uri, getattr(mlflow_resource, "ui_url", None))
-    context.log.info(f"champion: {keep} version {champion.version} (top-1 {champion.acc:.3f})")
-    context.add_output_metadata(
-        {
-            "champion": champion.model,
-            "champion_uri": f"models:/{keep}@{model_registry.CHAMPION}",
-            "champion_version": dg.MetadataValue.url(
-                tracking.model_version_link(base, keep, champion.version)
-            ),
-        }
-    )
-    return champion
-
-
-def _comparison_row(name: str, report: EvaluationReport, store: ArtifactStore) -> dict[str, Any]:
-    """One leaderboard row, column by column as `compare.LEADERBOARD` says where each comes
-    from: the evaluation's test summary, the model's metadata, the export's latency."""
-    from food_assets.ml.evaluation.compare import LEADERBOARD
-
-    meta = report.model_metadata
-    row: dict[str, Any] = {"model": name}
-    for col in LEADERBOARD:
-        if col.source == "evaluation":
-            row[col.key] = report.summary.get(f"test/{col.key}")
-        elif col.source == "model":
-            row[col.key] = meta.get(col.key)
-    return {**row, **_latency_columns(store, name)}
-
-
-def _comparison_metadata(
-    result: "ComparisonResult",
-    files: dict[str, Path],
-    num_models: int,
-    skipped: list[dict[str, str]],
-    store: ArtifactStore,
-) -> dict[str, Any]:
-    from food_assets.ml.evaluation.compare import LEADERBOARD
-
-    schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn(c.key, "string" if c.text else "float", description=c.header or "")
-            for c in LEADERBOARD
-        ]
-    )
-    metadata: dict[str, Any] = {
-        "dagster/column_schema": schema,  # the same columns as the table and the Markdown
-        "comparison": dg.MetadataValue.md(result.markdown),
-        "num_models": num_models,
-        "csv": dg.MetadataValue.path(store.location(files["csv"])),
-        "plot": file_ref(files["plot"], store) if files.get("plot") else "n/a",
-    }
-    if files.get("plot"):
-        metadata.update(picture(Path(files["plot"]).stem, files["plot"], store))
-    if skipped:
-        import pandas as pd
-
-        metadata["skipped_models"] = md_table(pd.DataFrame(skipped))
-    return metadata
-
-
-def _latency_columns(store: ArtifactStore, name: str) -> dict[str, Any]:
-    """CPU latency measured by `onnx_<name>` (eager, ORT fp32, ORT int8 at batch 1 and 32, the
-    thread count) and the export `predict` serves by default, with its batch-1 latency as
-    `latency_ms` (`serving.latency_summary`); all None when the model was not exported.
-
-    `onnx_<name>` is a dependency, not an input, so its latency.json and int8.json are fetched
-    here (a no-op for a local root)."""
-    import json
-
-    from food_assets.ml.export.variants import VARIANTS_JSON
-    from food_assets.ml.inference.serving import latency_summary
-
-    def read(path: Path) -> Any:
-        store.fetch(layout.onnx_asset(name), prefix=path.name, missing_ok=True)
-        try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, ValueError):
-            return None
-
-    rows = read(layout.latency_file(store.root, name))
-    record = read(layout.int8_record_file(store.root, name))
-    # The OpenVINO variants' gates (ADR 0021), written beside latency.json by onnx_<name>.
-    variants = read(layout.latency_file(store.root, name).with_name(VARIANTS_JSON))
-    return latency_summary(
-        rows if isinstance(rows, list) else None,
-        record if isinstance(record, dict) else None,
-        variants if isinstance(variants, dict) else None,
-    )

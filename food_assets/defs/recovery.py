@@ -5,7 +5,7 @@ A run killed with SIGKILL (the out-of-memory killer, `kill -9`, a lost machine) 
 its end: Dagster keeps it STARTED forever and keeps the `gpu` pool slot it held, so every later
 pooled step waits for ever; its MLflow runs stay RUNNING. `reap_stale_runs` puts that right.
 It is called when a run starts (`food-assets train|evaluate|export`, `make run`, `python -m
-food_assets.recovery` before a `dg launch`) and while a step waits for a slot (`food_assets.
+food_assets.defs.recovery` before a `dg launch`) and while a step waits for a slot (`food_assets.
 run_guard`).
 
 A run's process is known from the tags the launcher adds (`owner_tags`: pid, host, process
@@ -152,7 +152,7 @@ def reap_stale_runs(
     instance: Any,
     *,
     tracking_uri: str | None = None,
-    who: str = "food_assets.recovery",
+    who: str = "food_assets.defs.recovery",
     log: Callable[[str], None] | None = None,
 ) -> list[Reaped]:
     """Mark failed every STARTED run of `instance` whose process is gone from this host, free
@@ -245,7 +245,7 @@ def end_orphan_mlflow_runs(instance: Any, tracking_uri: str) -> dict[str, list[s
         dg.DagsterRunStatus.FAILURE: "FAILED",
         dg.DagsterRunStatus.CANCELED: "KILLED",
     }
-    from food_assets.model_registry import bound_http_waits
+    from food_assets.tracking.model_registry import bound_http_waits
 
     bound_http_waits()  # a tracking server that is down costs seconds here, not minutes
     client = mlflow.MlflowClient(tracking_uri)
@@ -278,7 +278,7 @@ def end_orphan_mlflow_runs(instance: Any, tracking_uri: str) -> dict[str, list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m food_assets.recovery [DATA_DIR]`: reap on the instance at DAGSTER_HOME (what
+    """`python -m food_assets.defs.recovery [DATA_DIR]`: reap on the instance at DAGSTER_HOME (what
     `make run` does before `dg launch`); prints one line per run recovered. MLflow: the store
     the code location logs to (MLFLOW_TRACKING_URI, else `<DATA_DIR>/mlflow/mlflow.db`)."""
     import warnings
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             reap_stale_runs(
                 instance,
                 tracking_uri=uri,
-                who="food_assets.recovery",
+                who="food_assets.defs.recovery",
                 log=lambda line: print(line, file=sys.stderr),
             )
     return 0
