@@ -10,6 +10,7 @@ PNGs, where a channel value v becomes 4 v / 255 - 2 exactly.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -338,3 +339,105 @@ def test_latency_summary_ranks_an_untimed_int8_by_its_ratio_but_shows_no_derived
     # 10 x 1.05 = 10.5 ms: slower than fp32's 10, but 10 / 1.05 would rank it faster
     slower = {**fast, "latency": {"by_batch": {"1": {"int8_over_fp32": 1.05}}}}
     assert latency_summary(rows, slower, None)["serving"] == "fp32"
+
+
+# --- what the mutation run found unchecked ----------------------------------------------------
+
+
+def test_onnx_predictor_refuses_what_its_backend_cannot_run(tmp_path: Path) -> None:
+    """Breakage caught: bf16 handed to ONNX Runtime (it has no bf16), backend `auto` taken as a
+    runtime, the refusal's words lost, the choice not naming the backend that runs it, an
+    OpenVINO predictor keeping an ONNX Runtime session, OpenVINO's thread count or static
+    batch shapes (1 and 32, the sizes timed at export) not passed on."""
+    folder = _with_variants(tmp_path / "e")
+    fp32 = folder / "model.onnx"
+    with pytest.raises(ConfigError) as err:
+        OnnxPredictor(fp32, backend="onnxruntime", precision="bf16")
+    assert str(err.value) == "ONNX Runtime serves fp32 and int8 here; bf16 is OpenVINO's"
+    with pytest.raises(ConfigError) as err:
+        OnnxPredictor(fp32, backend="auto")
+    assert str(err.value) == (
+        f"{fp32} is a fp32 file: it cannot run as auto fp32; use load_predictor(folder, "
+        "precision=..., backend=...)"
+    )
+    assert OnnxPredictor(fp32).choice.backend == "onnxruntime"
+    ov = OnnxPredictor(fp32, backend="openvino", precision="fp32", threads=1)
+    assert ov.choice.backend == "openvino" and ov._session is None
+    assert (ov._run.threads, ov._run.static) == (1, (1, 32))
+
+
+def test_openvino_finds_the_fp32_twin_of_any_int8_file_name(tmp_path: Path) -> None:
+    """The int8 file's OpenVINO gate is in its fp32 twin's record, found by the name the
+    exporter gives (`<stem>_int8.onnx`). Breakage caught: the twin's name cut at the wrong
+    end (`model_int8` hides it: both ends give `model`), an fp32 file whose name merely ends
+    in `_int8` looked up as a twin."""
+    folder = _with_variants(tmp_path / "e", ov_int8_passed=True)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(folder / "model.onnx", renamed / "classifier.onnx")
+    shutil.copy(folder / "model_int8.onnx", renamed / "classifier_int8.onnx")
+    p = OnnxPredictor(renamed / "classifier_int8.onnx", backend="openvino", precision="int8")
+    assert (p.backend, p.precision) == ("openvino", "int8")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(folder / "model.onnx", odd / "fp32_int8.onnx")  # an fp32 file, odd name
+    _export_folder(tmp_path / "bare")  # beside it, an fp32 file without a variants record
+    shutil.copy(tmp_path / "bare" / "model.onnx", odd / "fp32.onnx")
+    assert OnnxPredictor(odd / "fp32_int8.onnx", backend="openvino", precision="fp32").backend
+
+
+def test_predict_defaults_k_5_and_batches_of_32(tmp_path: Path) -> None:
+    """Breakage caught: the default k not 5 (seen with 7 classes), the default batch not 32
+    (33 files: 32 then 1)."""
+    seven = tuple(f"c{i}" for i in range(7))
+    p = MeanPredictor(np.eye(3, 7), classes=seven)
+    files = [_png(tmp_path / f"{i}.png", (i, 0, 0)) for i in range(33)]
+    out = p.predict(files)
+    assert p.batches == [32, 1] and {len(r.top_k) for r in out} == {5}
+
+
+def test_predict_array_hands_the_model_float32(tmp_path: Path) -> None:
+    """Breakage caught: a float64 batch passed on as float64 (a float32 model then fails)."""
+    dtypes = []
+
+    class Recording(MeanPredictor):
+        def _logits(self, batch):
+            dtypes.append(batch.dtype)
+            return super()._logits(batch)
+
+    Recording(W3).predict_array(np.zeros((1, 3, 16, 16), dtype=np.float64))
+    assert dtypes == [torch.float32]
+
+
+def test_an_upload_decodes_as_its_file_does_also_for_a_large_jpeg(tmp_path: Path) -> None:
+    """A JPEG larger than the model's input is decoded at reduced scale (PIL's draft), on disk
+    and as an upload alike. Breakage caught: the upload decoded in full (other pixels than the
+    same file gives), the default upload name not `<upload>`."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)).save(path, quality=90)
+    p = MeanPredictor(W3)
+    torch.testing.assert_close(p.tensor_from_bytes(path.read_bytes()), p._pipeline(str(path)))
+    with pytest.raises(ImageDecodeError) as err:
+        p.tensor_from_bytes(b"not an image")
+    assert err.value.path == "<upload>"
+
+
+def test_auto_label_without_a_timing_for_the_served_variant(tmp_path: Path) -> None:
+    """Breakage caught: a variant served without a batch-1 timing formatted as `None ms` (a
+    crash)."""
+    folder = _with_variants(tmp_path / "e")
+    record = json.loads((folder / "variants.json").read_text())
+    del record["latency_ms"]["openvino/fp32"]["1"]
+    record["latency_ms"]["onnxruntime/int8"] = {"32": 30.0}
+    record["latency_ms"]["onnxruntime/fp32"] = {"32": 40.0}
+    stamp_variants(folder / "model.onnx", record)
+    assert auto_label(folder) == "onnxruntime/fp32"
+
+
+def test_latency_summary_prefers_a_measured_int8_latency_to_its_ratio() -> None:
+    """Breakage caught: an int8 timed in this run ranked by its record's ratio instead (0.5 x
+    10 ms would serve it; measured at 12 ms it is slower than fp32)."""
+    rows = _latency_rows({"eager": 40.0, "onnxruntime": 10.0, "onnxruntime_int8": 12.0})
+    fast = {"gate": {"passed": True}, "latency": {"by_batch": {"1": {"int8_over_fp32": 0.5}}}}
+    assert latency_summary(rows, fast, None)["serving"] == "fp32"
