@@ -165,3 +165,14 @@ def test_sessions_spin_only_when_openmp_does(tmp_path, monkeypatch, policy, spin
     assert configs("session.inter_op.allow_spinning") == spin
     forced = create_session(path, spinning=spin == "0").get_session_options()
     assert forced.get_session_config_entry("session.intra_op.allow_spinning") != spin
+
+
+def test_a_variant_gate_reports_its_accuracy_under_its_own_key() -> None:
+    """An OpenVINO variant's gate (`variant="openvino/bf16"`) reports its accuracy as
+    `acc_top1_variant`, int8's as `acc_top1_int8`. Breakage caught: every variant's accuracy
+    filed as int8's, or under a misspelt key."""
+    preds = _preds(1000, 5)
+    bf16 = check_int8_gate(*preds, **GATE, variant="openvino/bf16").metadata
+    assert "acc_top1_int8" not in bf16 and bf16["acc_top1_variant"] == pytest.approx(0.995)
+    int8 = check_int8_gate(*preds, **GATE).metadata
+    assert "acc_top1_variant" not in int8 and int8["acc_top1_int8"] == pytest.approx(0.995)

@@ -44,6 +44,16 @@ def test_fit_finds_the_nll_optimum() -> None:
     assert t == pytest.approx(_best_t(logits, labels), rel=1e-6)
 
 
+def test_fit_is_precise_on_several_problems() -> None:
+    """Breakage caught: the search's tolerance loosened to scipy's default (xatol 1e-5 in
+    log T): on some of these problems T then ends more than 1e-6 away from the optimum."""
+    for seed in range(6):
+        for scale in (0.5, 3.0, 8.0):
+            logits, labels = _data(seed=seed, scale=scale)
+            t = fit_temperature(logits, labels)
+            assert t == pytest.approx(_best_t(logits, labels), rel=1e-6), (seed, scale)
+
+
 def test_fit_is_the_same_for_float32_logits_and_list_labels() -> None:
     # The fit runs in float64 whatever the input; float32 arithmetic would move T by ~1e-3.
     logits, labels = _data()

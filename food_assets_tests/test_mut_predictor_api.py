@@ -25,7 +25,12 @@ from food_assets.ml.errors import ConfigError
 from food_assets.ml.export.metadata import K_GRAPH_SHA
 from food_assets.ml.export.variants import stamp_variants
 from food_assets.ml.inference.predictor import OnnxPredictor
-from food_assets.ml.inference.serving import auto_label, describe_variants, latency_summary
+from food_assets.ml.inference.serving import (
+    auto_label,
+    choose_export,
+    describe_variants,
+    latency_summary,
+)
 from food_assets_tests.test_mut_predictor import (
     CLASSES,
     MeanPredictor,
@@ -441,3 +446,19 @@ def test_latency_summary_prefers_a_measured_int8_latency_to_its_ratio() -> None:
     rows = _latency_rows({"eager": 40.0, "onnxruntime": 10.0, "onnxruntime_int8": 12.0})
     fast = {"gate": {"passed": True}, "latency": {"by_batch": {"1": {"int8_over_fp32": 0.5}}}}
     assert latency_summary(rows, fast, None)["serving"] == "fp32"
+
+
+def test_choose_export_names_the_backend_and_a_missing_twin_is_never_gated(tmp_path: Path):
+    """Breakage caught: the choice losing its backend (OpenVINO's variant then run by ONNX
+    Runtime), an int8 file whose fp32 twin is missing looked up through the missing file
+    instead of refused as never gated."""
+    folder = _with_variants(tmp_path / "e")
+    assert (choose_export(folder).backend, choose_export(folder).path) == (
+        "openvino",
+        folder / "model.onnx",
+    )
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(folder / "model_int8.onnx", alone / "model_int8.onnx")
+    with pytest.raises(ConfigError, match="it was never gated"):
+        OnnxPredictor(alone / "model_int8.onnx", backend="openvino", precision="int8")
