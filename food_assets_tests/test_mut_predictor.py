@@ -530,3 +530,16 @@ def test_export_folders_are_recognised_with_their_int8_twin(tmp_path: Path, bund
     bundle_with_onnx = bundle[0]
     tiny_onnx(bundle_with_onnx / "stray.onnx", W, class_names=CLASSES, preprocess=PRE)
     assert isinstance(load_predictor(bundle_with_onnx), TorchPredictor)
+
+
+def test_a_bundle_refuses_bf16_and_openvino_with_what_to_do(bundle) -> None:
+    """Breakage caught: bf16 or `--backend openvino` silently served by PyTorch fp32 from a
+    bundle, or the refusal naming the wrong thing (`auto` for OpenVINO)."""
+    for precision, backend, what in (("bf16", "auto", "bf16"), ("auto", "openvino", "OpenVINO"),
+                                     ("int8", "openvino", "int8")):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            load_predictor(bundle[0], precision=precision, backend=backend)
+        assert str(err.value) == (
+            f"{bundle[0]} is a PyTorch bundle (fp32); {what} needs its ONNX export: materialize "
+            "onnx_<name> and point at it, or use --precision auto"
+        )

@@ -462,3 +462,21 @@ def test_choose_export_names_the_backend_and_a_missing_twin_is_never_gated(tmp_p
     shutil.copy(folder / "model_int8.onnx", alone / "model_int8.onnx")
     with pytest.raises(ConfigError, match="it was never gated"):
         OnnxPredictor(alone / "model_int8.onnx", backend="openvino", precision="int8")
+
+
+def test_load_predictor_passes_the_backend_on_and_names_a_bad_one(tmp_path: Path) -> None:
+    """Breakage caught: `backend` not reaching the serving rule (auto's OpenVINO served when
+    ONNX Runtime was asked), the bad-backend message losing its choices or its hint."""
+    from food_assets.ml.inference.predictor import load_predictor
+    from food_assets.ml.inference.serving import check_backend
+
+    folder = _with_variants(tmp_path / "e")
+    assert load_predictor(folder).choice.backend == "openvino"
+    ort = load_predictor(folder, backend="onnxruntime")
+    assert (ort.choice.backend, ort.choice.precision) == ("onnxruntime", "int8")
+    with pytest.raises(ConfigError) as err:
+        check_backend("tensorrt")
+    assert str(err.value) == (
+        "backend must be one of auto, onnxruntime, openvino, not 'tensorrt' (auto: the fastest "
+        "that passed its gates; onnxruntime: the portable one)"
+    )

@@ -124,3 +124,13 @@ def test_decide_serves_fp32_when_int8_is_not_timed_and_names_a_refused_int8() ->
         "auto: onnxruntime/fp32, the fastest that passed its gates, 1.00x fp32 latency at batch "
         "1; onnxruntime int8 not served ()",
     )
+
+
+def test_every_passed_over_variant_is_named() -> None:
+    """In VARIANTS order. Breakage caught: the passed-over variants joined by anything but
+    `, `."""
+    given = [*ALL, c("onnxruntime", "int8", 1.0, ok=False)][1:]
+    assert decide_variant("auto", "auto", given)[1].endswith(
+        "; onnxruntime int8 not served (failed its gate), openvino bf16 not served (failed its "
+        "gate)"
+    )

@@ -338,16 +338,12 @@ class DemoService:
             )
 
     def _classify(self, loaded: LoadedModel, image: Image.Image, name: str) -> DemoResult:
-        import numpy as np
-
         probs = loaded.predictor.predict_images([image])[0]
-        k = min(TOP_K, len(probs))
-        order = np.argsort(-probs, kind="stable")[:k]
-        classes = loaded.predictor.class_names
-        top = {classes[i]: float(probs[i]) for i in order}
+        ranked = loaded.predictor.top_k(probs, TOP_K)  # the predictor's ranking: ties by class
+        top = dict(ranked)
         overlay = None
         if loaded.cam_model is not None:
-            overlay = self._gradcam(loaded, image, loaded.cam_class_index[classes[order[0]]])
+            overlay = self._gradcam(loaded, image, loaded.cam_class_index[ranked[0][0]])
         return DemoResult(top=top, overlay=overlay, info=self.describe(name))
 
     @staticmethod
