@@ -10,7 +10,6 @@ asset writes them, the real checks read them back.
 from __future__ import annotations
 
 import copy
-import shutil
 
 import dagster as dg
 import pandas as pd
@@ -22,6 +21,7 @@ from food_assets.defs.assets import data
 from food_assets.defs.assets.models import MODEL_ASSETS
 from food_assets.defs.resources import QualityGates
 from food_assets.ml.models import get_model_spec, list_models
+from food_assets_tests.rerun import rematerialized_export
 
 pytestmark = pytest.mark.slow
 
@@ -286,21 +286,8 @@ def test_an_onnx_parity_mismatch_fails_the_run_and_blocks_the_comparison(graph_r
         return real(other, card, path, **kwargs)
 
     monkeypatch.setattr(onnx_export, "export_onnx", drifted_export)
-    out = graph_run["data_dir"] / "artifacts" / f"onnx_{name}"
-    backup = out.with_name(out.name + ".bak")
-    shutil.copytree(out, backup)
-    try:
-        defs = graph_run["defs"]
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.assets(f"onnx_{name}", "leaderboard"),
-            resources=graph_run["resources"],
-            instance=graph_run["instance"],
-            raise_on_error=False,
-        )
-    finally:
-        shutil.rmtree(out)
-        backup.rename(out)
+    with rematerialized_export(graph_run, name) as result:
+        pass
     check = _evaluations(result)[(f"onnx_{name}", "onnx_parity")]
     assert (check.passed, check.severity) == (False, ERROR)
     assert check.description.startswith("max |diff| ")

@@ -6,7 +6,6 @@ shared `graph_run` (conftest.py); the int8 export itself is tested in test_int8.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 from food_assets.cli import app
 from food_assets.ml.errors import ConfigError
 from food_assets.ml.inference import load_predictor
+from food_assets_tests.rerun import rematerialized_export
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,17 +89,7 @@ def test_a_broken_calibration_fails_int8_accuracy_and_int8_is_not_served(
         "quality": QualityGates(accuracy={"sample/*": 0.0}, int8_gate_fails_run=fails_run),
     }
     out = graph_run["data_dir"] / "artifacts" / f"onnx_{name}"
-    backup = out.with_name(out.name + ".bak")
-    shutil.copytree(out, backup)
-    try:
-        defs = graph_run["defs"]
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.assets(f"onnx_{name}", "leaderboard"),
-            resources=resources,
-            instance=graph_run["instance"],
-            raise_on_error=False,
-        )
+    with rematerialized_export(graph_run, name, resources) as result:
         check = {
             (e.asset_key.to_user_string(), e.check_name): e
             for e in result.get_asset_check_evaluations()
@@ -118,6 +108,3 @@ def test_a_broken_calibration_fails_int8_accuracy_and_int8_is_not_served(
             assert check.severity == dg.AssetCheckSeverity.WARN and result.success
             table = result.output_for_node("leaderboard").set_index("model")
             assert "int8" not in table.loc[name, "serving"]
-    finally:
-        shutil.rmtree(out)
-        backup.rename(out)
