@@ -60,30 +60,10 @@ from food_assets.ml.training.config import ComputeConfig, TrainConfig
 from food_assets.ml.training.datamodule import SplitDataModule
 from food_assets.ml.training.module import ClassifierModule
 from food_assets.ml.training.plan import RunPlan, as_spec, plan_run
+from food_assets.ml.training.plots import plot_history
 from food_assets.ml.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-
-
-def plot_history(history: pd.DataFrame, title: str):
-    """Loss and top-1 accuracy per epoch, train vs val (a matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for split, style in (("train", "-o"), ("val", "--s")):
-        ax_loss.plot(history["epoch"] + 1, history[f"{split}/loss"], style, label=split)
-        ax_acc.plot(history["epoch"] + 1, history[f"{split}/acc_top1"], style, label=split)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def _claim_run_folder(plan: RunPlan, trainer: pl.Trainer, out_dir: Path) -> int:
@@ -405,6 +385,5 @@ __all__ = [
     "build_trainer",
     "get_config_hash",
     "load_checkpoint_file",
-    "plot_history",
     "train_model",
 ]
